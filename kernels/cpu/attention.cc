@@ -1,0 +1,102 @@
+// Gated full attention on the CPU: q/k (1 + w) RMSNorm, partial NeoX RoPE, causal GQA softmax
+// attention in fp32, sigmoid output gate.
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace nextserve::kernels::cpu {
+namespace {
+
+void NormOnePlus(float* x, int64_t dim, const float* w, float eps) {
+  float ss = 0;
+  for (int64_t i = 0; i < dim; ++i) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+  for (int64_t i = 0; i < dim; ++i) x[i] = x[i] * inv * (1.0f + w[i]);
+}
+
+// NeoX rotate-half on the first rotary_dim dims; cos/sin as transformers computes them (fp32).
+void Rope(float* x, const float* cos, const float* sin, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[i + half];
+    x[i] = x1 * cos[i] - x2 * sin[i];
+    x[i + half] = x2 * cos[i] + x1 * sin[i];
+  }
+}
+
+}  // namespace
+
+void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, const AttentionShape& s,
+                   const float* q_norm, const float* k_norm, float eps, float* q, float* gate) {
+  const int64_t d = s.head_dim, half = s.rotary_dim / 2;
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    // transformers: 1 / base ** (arange(0, dim, 2) / dim), all fp32.
+    inv_freq[i] = 1.0f / std::pow(s.rope_theta, static_cast<float>(2 * i) / static_cast<float>(s.rotary_dim));
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < t; ++i) {
+    std::vector<float> cos(static_cast<size_t>(half)), sin(static_cast<size_t>(half));
+    const float pos = static_cast<float>(first_pos + i);
+    for (int64_t j = 0; j < half; ++j) {
+      const float f = pos * inv_freq[j];
+      cos[j] = std::cos(f);
+      sin[j] = std::sin(f);
+    }
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      const float* src = qg + (i * s.num_heads + h) * 2 * d;
+      float* qh = q + (i * s.num_heads + h) * d;
+      std::copy(src, src + d, qh);
+      std::copy(src + d, src + 2 * d, gate + (i * s.num_heads + h) * d);
+      NormOnePlus(qh, d, q_norm, eps);
+      Rope(qh, cos.data(), sin.data(), half);
+    }
+    for (int64_t h = 0; h < s.num_kv_heads; ++h) {
+      float* kh = k + (i * s.num_kv_heads + h) * d;
+      NormOnePlus(kh, d, k_norm, eps);
+      Rope(kh, cos.data(), sin.data(), half);
+    }
+  }
+}
+
+void Attention(const float* q, const float* k_cache, const float* v_cache, int64_t t, int64_t past,
+               const AttentionShape& s, const float* gate, float* out) {
+  const int64_t d = s.head_dim, group = s.num_heads / s.num_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+#pragma omp parallel
+  {
+    std::vector<float> scores(static_cast<size_t>(past + t));
+#pragma omp for collapse(2) schedule(dynamic, 4)
+    for (int64_t i = 0; i < t; ++i) {
+      for (int64_t h = 0; h < s.num_heads; ++h) {
+        const int64_t kvh = h / group, len = past + i + 1;
+        const float* qh = q + (i * s.num_heads + h) * d;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < len; ++j) {
+          const float* kj = k_cache + (j * s.num_kv_heads + kvh) * d;
+          float dot = 0;
+          for (int64_t e = 0; e < d; ++e) dot += qh[e] * kj[e];
+          scores[j] = dot * scale;
+          mx = std::max(mx, scores[j]);
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < len; ++j) {
+          scores[j] = std::exp(scores[j] - mx);
+          sum += scores[j];
+        }
+        const float inv = 1.0f / sum;
+        float* o = out + (i * s.num_heads + h) * d;
+        std::fill(o, o + d, 0.0f);
+        for (int64_t j = 0; j < len; ++j) {
+          const float p = scores[j] * inv;
+          const float* vj = v_cache + (j * s.num_kv_heads + kvh) * d;
+          for (int64_t e = 0; e < d; ++e) o[e] += p * vj[e];
+        }
+        const float* gh = gate + (i * s.num_heads + h) * d;
+        for (int64_t e = 0; e < d; ++e) o[e] *= Sigmoid(gh[e]);
+      }
+    }
+  }
+}
+
+}  // namespace nextserve::kernels::cpu

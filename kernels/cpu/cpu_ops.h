@@ -1,0 +1,38 @@
+// Free functions behind the CPU backend, one file per op family. Host pointers, fp32 activations.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace nextserve::kernels::cpu {
+
+void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+// Matrix-vector path for few rows (decode): reads the weights once in their stored dtype.
+void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+// GEMM path: oneDNN sgemm, converting non-fp32 weights tile by tile.
+void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+
+void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, const AttentionShape& s,
+                   const float* q_norm, const float* k_norm, float eps, float* q, float* gate);
+void Attention(const float* q, const float* k_cache, const float* v_cache, int64_t t, int64_t past,
+               const AttentionShape& s, const float* gate, float* out);
+
+void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNetShape& s,
+                   float* mixed_qkv, float* z, float* b, float* a);
+void CausalConvSilu(const float* x, int64_t t, int64_t channels, int64_t kernel, const float* w,
+                    float* conv_state, float* y);
+void DeltaNetGates(const float* b, const float* a, int64_t t, int64_t nv, const float* a_log,
+                   const float* dt_bias, float* beta, float* g);
+void DeltaRule(const float* conv_out, const float* g, const float* beta, int64_t t,
+               const DeltaNetShape& s, float* state, float* out, bool chunked);
+
+// Naive reference forms kept for tests (llm.c habit: the obviously-correct version beside the fast).
+void DeltaRuleReference(const float* conv_out, const float* g, const float* beta, int64_t t,
+                        const DeltaNetShape& s, float* state, float* out);
+void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+
+inline float Silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
+inline float Sigmoid(float x) { return 1.0f / (1.0f + __builtin_expf(-x)); }
+
+}  // namespace nextserve::kernels::cpu

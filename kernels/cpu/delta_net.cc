@@ -1,0 +1,205 @@
+// Gated DeltaNet on the CPU: projection split, causal depthwise conv + SiLU, gates, and the gated
+// delta rule in its chunked (UT/WY, C = 64) and recurrent forms. All state arithmetic in fp32.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace nextserve::kernels::cpu {
+namespace {
+
+constexpr int64_t kChunk = 64;
+
+// x / sqrt(sum(x²) + 1e-6) (FLA / transformers form), times `scale`.
+void L2NormScaled(const float* x, int64_t d, float scale, float* y) {
+  float ss = 0;
+  for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
+  const float inv = scale / std::sqrt(ss + 1e-6f);
+  for (int64_t i = 0; i < d; ++i) y[i] = x[i] * inv;
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+inline void Axpy(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// Normalised q (scaled) and k for every token and key head: [t, nk, dk] each.
+void NormaliseQK(const float* conv_out, int64_t t, const DeltaNetShape& s, std::vector<float>& qn,
+                 std::vector<float>& kn) {
+  const int64_t dk = s.key_head_dim, nk = s.num_key_heads, cd = s.conv_dim();
+  qn.resize(static_cast<size_t>(t * nk * dk));
+  kn.resize(qn.size());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dk));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < t; ++i) {
+    for (int64_t h = 0; h < nk; ++h) {
+      L2NormScaled(conv_out + i * cd + h * dk, dk, scale, &qn[(i * nk + h) * dk]);
+      L2NormScaled(conv_out + i * cd + s.key_dim() + h * dk, dk, 1.0f, &kn[(i * nk + h) * dk]);
+    }
+  }
+}
+
+// One value head over all t tokens, recurrent form (definition, spec §3.3.5).
+void RecurrentHead(const float* qn, const float* kn, const float* conv_out, const float* g,
+                   const float* beta, int64_t t, const DeltaNetShape& s, int64_t h, float* S,
+                   float* out) {
+  const int64_t dk = s.key_head_dim, dv = s.value_head_dim, nk = s.num_key_heads,
+                nv = s.num_value_heads, kh = h / (nv / nk), cd = s.conv_dim();
+  std::vector<float> m(static_cast<size_t>(dv));
+  for (int64_t i = 0; i < t; ++i) {
+    const float* q = qn + (i * nk + kh) * dk;
+    const float* k = kn + (i * nk + kh) * dk;
+    const float* v = conv_out + i * cd + 2 * s.key_dim() + h * dv;
+    const float a = std::exp(g[i * nv + h]), b = beta[i * nv + h];
+    for (int64_t e = 0; e < dk * dv; ++e) S[e] *= a;
+    std::fill(m.begin(), m.end(), 0.0f);
+    for (int64_t r = 0; r < dk; ++r) Axpy(k[r], S + r * dv, m.data(), dv);
+    for (int64_t c = 0; c < dv; ++c) m[c] = b * (v[c] - m[c]);
+    for (int64_t r = 0; r < dk; ++r) Axpy(k[r], m.data(), S + r * dv, dv);
+    float* o = out + (i * nv + h) * dv;
+    std::fill(o, o + dv, 0.0f);
+    for (int64_t r = 0; r < dk; ++r) Axpy(q[r], S + r * dv, o, dv);
+  }
+}
+
+// One value head, chunked UT/WY form (spec §3.3.6). Only exp of non-positive numbers is taken.
+void ChunkedHead(const float* qn, const float* kn, const float* conv_out, const float* g,
+                 const float* beta, int64_t t, const DeltaNetShape& s, int64_t h, float* S,
+                 float* out) {
+  const int64_t dk = s.key_head_dim, dv = s.value_head_dim, nk = s.num_key_heads,
+                nv = s.num_value_heads, kh = h / (nv / nk), cd = s.conv_dim();
+  std::vector<float> gam(kChunk), kk(kChunk * kChunk), U(kChunk * dv), W(kChunk * dk);
+  for (int64_t c0 = 0; c0 < t; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, t - c0);
+    auto q = [&](int64_t i) { return qn + ((c0 + i) * nk + kh) * dk; };
+    auto k = [&](int64_t i) { return kn + ((c0 + i) * nk + kh) * dk; };
+    auto v = [&](int64_t i) { return conv_out + (c0 + i) * cd + 2 * s.key_dim() + h * dv; };
+    float acc = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      acc += g[(c0 + i) * nv + h];
+      gam[i] = acc;
+    }
+    // Right-hand sides β⊙V and β⊙e^γ⊙K, then forward substitution with (I + M).
+    for (int64_t i = 0; i < n; ++i) {
+      const float b = beta[(c0 + i) * nv + h], eb = b * std::exp(gam[i]);
+      for (int64_t c = 0; c < dv; ++c) U[i * dv + c] = b * v(i)[c];
+      for (int64_t r = 0; r < dk; ++r) W[i * dk + r] = eb * k(i)[r];
+      for (int64_t j = 0; j < i; ++j) {
+        const float mij = b * std::exp(gam[i] - gam[j]) * Dot(k(i), k(j), dk);
+        Axpy(-mij, &U[j * dv], &U[i * dv], dv);
+        Axpy(-mij, &W[j * dk], &W[i * dk], dk);
+      }
+    }
+    // U = U0 - W S (the δ of every token).
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t r = 0; r < dk; ++r) Axpy(-W[i * dk + r], S + r * dv, &U[i * dv], dv);
+    }
+    // O_i = e^{γ_i} qᵢᵀS + Σ_{j≤i} e^{γ_i-γ_j} (qᵢ·kⱼ) Uⱼ.
+    for (int64_t i = 0; i < n; ++i) {
+      float* o = out + ((c0 + i) * nv + h) * dv;
+      std::fill(o, o + dv, 0.0f);
+      for (int64_t r = 0; r < dk; ++r) Axpy(q(i)[r], S + r * dv, o, dv);
+      const float egi = std::exp(gam[i]);
+      for (int64_t c = 0; c < dv; ++c) o[c] *= egi;
+      for (int64_t j = 0; j <= i; ++j) {
+        Axpy(std::exp(gam[i] - gam[j]) * Dot(q(i), k(j), dk), &U[j * dv], o, dv);
+      }
+    }
+    // S = e^{γ_n} S + Σ_j e^{γ_n-γ_j} kⱼ Uⱼᵀ.
+    const float egn = std::exp(gam[n - 1]);
+    for (int64_t e = 0; e < dk * dv; ++e) S[e] *= egn;
+    for (int64_t j = 0; j < n; ++j) {
+      const float w = std::exp(gam[n - 1] - gam[j]);
+      for (int64_t r = 0; r < dk; ++r) Axpy(w * k(j)[r], &U[j * dv], S + r * dv, dv);
+    }
+  }
+}
+
+}  // namespace
+
+void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNetShape& s,
+                   float* mixed_qkv, float* z, float* b, float* a) {
+  const int64_t dk = s.key_head_dim, dv = s.value_head_dim, nk = s.num_key_heads,
+                r = s.num_value_heads / nk, group = 2 * dk + 2 * r * dv, cd = s.conv_dim(),
+                qkvz_dim = nk * group, nv = s.num_value_heads;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < t; ++i) {
+    const float* src = qkvz + i * qkvz_dim;
+    float* mixed = mixed_qkv + i * cd;
+    for (int64_t g = 0; g < nk; ++g) {
+      const float* grp = src + g * group;
+      std::memcpy(mixed + g * dk, grp, dk * sizeof(float));
+      std::memcpy(mixed + s.key_dim() + g * dk, grp + dk, dk * sizeof(float));
+      std::memcpy(mixed + 2 * s.key_dim() + g * r * dv, grp + 2 * dk, r * dv * sizeof(float));
+      std::memcpy(z + i * s.value_dim() + g * r * dv, grp + 2 * dk + r * dv, r * dv * sizeof(float));
+      for (int64_t j = 0; j < r; ++j) {
+        b[i * nv + g * r + j] = ba[i * 2 * nv + g * 2 * r + j];
+        a[i * nv + g * r + j] = ba[i * 2 * nv + g * 2 * r + r + j];
+      }
+    }
+  }
+}
+
+void CausalConvSilu(const float* x, int64_t t, int64_t channels, int64_t kernel, const float* w,
+                    float* conv_state, float* y) {
+  const int64_t hist = kernel - 1;
+  // Input row p of the window: p < hist comes from the state, the rest from x.
+  auto in = [&](int64_t p) { return p < hist ? conv_state + p * channels : x + (p - hist) * channels; };
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < t; ++i) {
+    float* out = y + i * channels;
+    for (int64_t c = 0; c < channels; ++c) out[c] = 0.0f;
+    for (int64_t j = 0; j < kernel; ++j) {
+      const float* src = in(i + j);
+      for (int64_t c = 0; c < channels; ++c) out[c] += w[c * kernel + j] * src[c];
+    }
+    for (int64_t c = 0; c < channels; ++c) out[c] = Silu(out[c]);
+  }
+  // The new window: the last `hist` raw inputs (state rows, then x).
+  std::vector<float> next(static_cast<size_t>(hist * channels));
+  for (int64_t p = 0; p < hist; ++p) {
+    std::memcpy(&next[p * channels], in(t + p), channels * sizeof(float));
+  }
+  std::memcpy(conv_state, next.data(), next.size() * sizeof(float));
+}
+
+void DeltaNetGates(const float* b, const float* a, int64_t t, int64_t nv, const float* a_log,
+                   const float* dt_bias, float* beta, float* g) {
+  for (int64_t i = 0; i < t; ++i) {
+    for (int64_t h = 0; h < nv; ++h) {
+      const int64_t e = i * nv + h;
+      beta[e] = Sigmoid(b[e]);
+      const float x = a[e] + dt_bias[h];
+      const float softplus = x > 20.0f ? x : std::log1p(std::exp(x));  // torch's threshold
+      g[e] = -std::exp(a_log[h]) * softplus;
+    }
+  }
+}
+
+void DeltaRule(const float* conv_out, const float* g, const float* beta, int64_t t,
+               const DeltaNetShape& s, float* state, float* out, bool chunked) {
+  std::vector<float> qn, kn;
+  NormaliseQK(conv_out, t, s, qn, kn);
+  const int64_t head_state = s.key_head_dim * s.value_head_dim;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t h = 0; h < s.num_value_heads; ++h) {
+    float* S = state + h * head_state;
+    if (chunked) {
+      ChunkedHead(qn.data(), kn.data(), conv_out, g, beta, t, s, h, S, out);
+    } else {
+      RecurrentHead(qn.data(), kn.data(), conv_out, g, beta, t, s, h, S, out);
+    }
+  }
+}
+
+void DeltaRuleReference(const float* conv_out, const float* g, const float* beta, int64_t t,
+                        const DeltaNetShape& s, float* state, float* out) {
+  DeltaRule(conv_out, g, beta, t, s, state, out, /*chunked=*/false);
+}
+
+}  // namespace nextserve::kernels::cpu

@@ -1,0 +1,274 @@
+// Qwen3-Next forward (spec §2–§5): every token of every sequence goes through the GEMMs together;
+// attention and the DeltaNet recurrences run per sequence over that sequence's caches.
+#include "model/qwen3_next.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace nextserve {
+namespace {
+
+kernels::Matrix M(const WeightRef& w) { return {w.dtype, w.data, w.rows, w.cols}; }
+
+class ScopedTimer {
+ public:
+  explicit ScopedTimer(double* sink) : sink_(sink), start_(std::chrono::steady_clock::now()) {}
+  ~ScopedTimer() {
+    if (sink_) {
+      *sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    }
+  }
+
+ private:
+  double* sink_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
+SequenceState::SequenceState(const ModelConfig& c)
+    : keys(c.num_hidden_layers),
+      values(c.num_hidden_layers),
+      conv_window(c.num_hidden_layers),
+      recurrent(c.num_hidden_layers) {
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.is_full_attention(l)) continue;
+    conv_window[l].assign((c.linear_conv_kernel_dim - 1) * c.linear_conv_dim(), 0.0f);
+    recurrent[l].assign(c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim,
+                        0.0f);
+  }
+}
+
+size_t SequenceState::bytes() const {
+  size_t n = 0;
+  for (const auto* group : {&keys, &values, &conv_window, &recurrent}) {
+    for (const auto& v : *group) n += v.capacity() * sizeof(float);
+  }
+  return n;
+}
+
+// Scratch and bookkeeping of one Forward call.
+struct Qwen3NextModel::Step {
+  std::span<const SequenceInput> batch;
+  std::vector<int64_t> offset;  // first row of each sequence in the flattened token matrix
+  int64_t rows = 0;
+  ForwardProfile* profile = nullptr;
+  double* timer(double ForwardProfile::*field) { return profile ? &(profile->*field) : nullptr; }
+};
+
+Qwen3NextModel::Qwen3NextModel(std::shared_ptr<const ModelWeights> weights,
+                               kernels::Backend* backend)
+    : weights_(std::move(weights)), backend_(backend) {}
+
+std::unique_ptr<SequenceState> Qwen3NextModel::NewSequence() const {
+  return std::make_unique<SequenceState>(config());
+}
+
+absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const SequenceInput> batch,
+                                                           ForwardProfile* profile) {
+  const ModelConfig& c = config();
+  if (std::find(weights_->owns_expert.begin(), weights_->owns_expert.end(), false) !=
+      weights_->owns_expert.end()) {
+    return absl::FailedPreconditionError(
+        "this model holds only a slice of the routed experts; the single-process forward needs all "
+        "of them (expert-parallel ranks exchange tokens through a communicator)");
+  }
+  Step step;
+  step.batch = batch;
+  step.profile = profile;
+  std::vector<int32_t> ids;
+  int64_t logit_rows = 0;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const SequenceInput& in = batch[s];
+    if (in.state == nullptr) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no state"));
+    if (in.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no tokens to process"));
+    }
+    for (size_t i = 0; i < in.tokens.size(); ++i) {
+      if (in.tokens[i] < 0 || in.tokens[i] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", in.tokens[i],
+                                                       " at position ", i, " is outside [0, ",
+                                                       c.vocab_size, ")"));
+      }
+    }
+    step.offset.push_back(static_cast<int64_t>(ids.size()));
+    ids.insert(ids.end(), in.tokens.begin(), in.tokens.end());
+    logit_rows += in.all_logits ? static_cast<int64_t>(in.tokens.size()) : 1;
+  }
+  step.rows = static_cast<int64_t>(ids.size());
+  const int64_t n = step.rows, hidden = c.hidden_size;
+
+  std::vector<float> x(n * hidden), h(n * hidden), mixed(n * hidden);
+  backend_->Embedding(ids.data(), n, M(weights_->embed_tokens), x.data());
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights_->layers[l];
+    backend_->RmsNorm(x.data(), n, hidden, lw.input_layernorm.f32(), c.rms_norm_eps, true, h.data());
+    if (lw.type == LayerType::kFullAttention) {
+      ScopedTimer t(step.timer(&ForwardProfile::attention));
+      AttentionLayer(l, step, h.data(), mixed.data());
+    } else {
+      ScopedTimer t(step.timer(&ForwardProfile::delta_net));
+      DeltaNetLayer(l, step, h.data(), mixed.data());
+    }
+    backend_->Add(mixed.data(), n * hidden, x.data());
+    backend_->RmsNorm(x.data(), n, hidden, lw.post_attention_layernorm.f32(), c.rms_norm_eps, true,
+                      h.data());
+    {
+      ScopedTimer t(step.timer(&ForwardProfile::moe));
+      if (lw.is_moe) {
+        MoeLayer(l, step, h.data(), mixed.data());
+      } else {
+        DenseMlp(lw.mlp, h.data(), n, mixed.data());
+      }
+    }
+    backend_->Add(mixed.data(), n * hidden, x.data());
+  }
+  for (size_t s = 0; s < batch.size(); ++s) {
+    batch[s].state->num_tokens_ += static_cast<int64_t>(batch[s].tokens.size());
+  }
+
+  // Final norm and lm_head only on the rows that produce logits.
+  ScopedTimer t(step.timer(&ForwardProfile::lm_head));
+  std::vector<int32_t> rows;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const int64_t len = static_cast<int64_t>(batch[s].tokens.size());
+    for (int64_t i = batch[s].all_logits ? 0 : len - 1; i < len; ++i) {
+      rows.push_back(static_cast<int32_t>(step.offset[s] + i));
+    }
+  }
+  std::vector<float> selected(logit_rows * hidden);
+  backend_->GatherRows(x.data(), rows.data(), logit_rows, hidden, selected.data());
+  backend_->RmsNorm(selected.data(), logit_rows, hidden, weights_->final_norm.f32(), c.rms_norm_eps,
+                    true, selected.data());
+  std::vector<float> logits(logit_rows * c.vocab_size);
+  backend_->Linear(selected.data(), logit_rows, M(weights_->lm_head), logits.data());
+  return logits;
+}
+
+void Qwen3NextModel::AttentionLayer(int64_t layer, Step& step, const float* h, float* out) {
+  const ModelConfig& c = config();
+  const AttentionWeights& w = weights_->layers[layer].attention;
+  const int64_t n = step.rows, d = c.head_dim, heads = c.num_attention_heads,
+                kv_width = c.num_key_value_heads * d;
+  const kernels::AttentionShape shape{heads, c.num_key_value_heads, d, c.rotary_dim(),
+                                      static_cast<float>(c.rope_theta)};
+  std::vector<float> qg(n * 2 * heads * d), k(n * kv_width), v(n * kv_width), q(n * heads * d),
+      gate(n * heads * d), attn(n * heads * d);
+  backend_->Linear(h, n, M(w.q_proj), qg.data());
+  backend_->Linear(h, n, M(w.k_proj), k.data());
+  backend_->Linear(h, n, M(w.v_proj), v.data());
+  for (size_t s = 0; s < step.batch.size(); ++s) {
+    SequenceState& st = *step.batch[s].state;
+    const int64_t t = static_cast<int64_t>(step.batch[s].tokens.size()), row = step.offset[s],
+                  past = st.num_tokens_;
+    backend_->AttentionPrep(qg.data() + row * 2 * heads * d, k.data() + row * kv_width, t, past,
+                            shape, w.q_norm.f32(), w.k_norm.f32(), c.rms_norm_eps,
+                            q.data() + row * heads * d, gate.data() + row * heads * d);
+    auto& keys = st.keys[layer];
+    auto& values = st.values[layer];
+    keys.insert(keys.end(), k.begin() + row * kv_width, k.begin() + (row + t) * kv_width);
+    values.insert(values.end(), v.begin() + row * kv_width, v.begin() + (row + t) * kv_width);
+    backend_->Attention(q.data() + row * heads * d, keys.data(), values.data(), t, past, shape,
+                        gate.data() + row * heads * d, attn.data() + row * heads * d);
+  }
+  backend_->Linear(attn.data(), n, M(w.o_proj), out);
+}
+
+void Qwen3NextModel::DeltaNetLayer(int64_t layer, Step& step, const float* h, float* out) {
+  const ModelConfig& c = config();
+  const DeltaNetWeights& w = weights_->layers[layer].delta_net;
+  const kernels::DeltaNetShape shape{c.linear_num_key_heads, c.linear_num_value_heads,
+                                     c.linear_key_head_dim, c.linear_value_head_dim,
+                                     c.linear_conv_kernel_dim};
+  const int64_t n = step.rows, nv = shape.num_value_heads, cd = shape.conv_dim(),
+                vd = shape.value_dim();
+  std::vector<float> qkvz(n * w.in_proj_qkvz.rows), ba(n * 2 * nv), mixed(n * cd), conv(n * cd),
+      z(n * vd), b(n * nv), a(n * nv), beta(n * nv), g(n * nv), core(n * vd);
+  backend_->Linear(h, n, M(w.in_proj_qkvz), qkvz.data());
+  backend_->Linear(h, n, M(w.in_proj_ba), ba.data());
+  backend_->DeltaNetSplit(qkvz.data(), ba.data(), n, shape, mixed.data(), z.data(), b.data(),
+                          a.data());
+  backend_->DeltaNetGates(b.data(), a.data(), n, nv, w.A_log.f32(), w.dt_bias.f32(), beta.data(),
+                          g.data());
+  for (size_t s = 0; s < step.batch.size(); ++s) {
+    SequenceState& st = *step.batch[s].state;
+    const int64_t t = static_cast<int64_t>(step.batch[s].tokens.size()), row = step.offset[s];
+    backend_->CausalConvSilu(mixed.data() + row * cd, t, cd, shape.conv_kernel, w.conv1d.f32(),
+                             st.conv_window[layer].data(), conv.data() + row * cd);
+    // Prompts (and prompt chunks) use the chunked form; single decode tokens the recurrence.
+    backend_->DeltaRule(conv.data() + row * cd, g.data() + row * nv, beta.data() + row * nv, t,
+                        shape, st.recurrent[layer].data(), core.data() + row * vd,
+                        /*chunked=*/t > 1);
+  }
+  backend_->RmsNormGated(core.data(), z.data(), n * nv, shape.value_head_dim, w.norm.f32(),
+                         c.rms_norm_eps, core.data());
+  backend_->Linear(core.data(), n, M(w.out_proj), out);
+}
+
+void Qwen3NextModel::DenseMlp(const MlpWeights& w, const float* h, int64_t n, float* out) {
+  const int64_t inter = w.gate_proj.rows;
+  std::vector<float> gate(n * inter), up(n * inter);
+  backend_->Linear(h, n, M(w.gate_proj), gate.data());
+  backend_->Linear(h, n, M(w.up_proj), up.data());
+  backend_->SiluMul(gate.data(), up.data(), n * inter, gate.data());
+  backend_->Linear(gate.data(), n, M(w.down_proj), out);
+}
+
+void Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h, float* out) {
+  const ModelConfig& c = config();
+  const MoeWeights& w = weights_->layers[layer].moe;
+  const int64_t n = step.rows, hidden = c.hidden_size, experts = c.num_experts,
+                top_k = c.num_experts_per_tok;
+  std::vector<float> router_logits(n * experts);
+  backend_->Linear(h, n, M(w.router), router_logits.data());
+
+  // Routing on the host: fp32 softmax over all experts, top-k (ties to the lower id, as torch.topk),
+  // renormalise when norm_topk_prob.
+  std::vector<std::vector<int32_t>> tokens_of(experts);
+  std::vector<std::vector<float>> weights_of(experts);
+  std::vector<int32_t> order(experts);
+  std::vector<float> prob(experts);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* lg = router_logits.data() + i * experts;
+    const float mx = *std::max_element(lg, lg + experts);
+    float sum = 0;
+    for (int64_t e = 0; e < experts; ++e) sum += prob[e] = std::exp(lg[e] - mx);
+    for (int64_t e = 0; e < experts; ++e) prob[e] /= sum;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t a, int32_t b) {
+      return prob[a] > prob[b] || (prob[a] == prob[b] && a < b);
+    });
+    float top_sum = 0;
+    for (int64_t j = 0; j < top_k; ++j) top_sum += prob[order[j]];
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int32_t e = order[j];
+      tokens_of[e].push_back(static_cast<int32_t>(i));
+      weights_of[e].push_back(c.norm_topk_prob ? prob[e] / top_sum : prob[e]);
+    }
+  }
+
+  // Shared expert first, then each routed expert's tokens in expert order (HF's index_add_ order).
+  DenseMlp(w.shared_expert, h, n, out);
+  std::vector<float> shared_gate(n);
+  backend_->Linear(h, n, M(w.shared_expert_gate), shared_gate.data());
+  backend_->ScaleRowsBySigmoid(shared_gate.data(), n, hidden, out);
+  std::vector<float> routed(n * hidden, 0.0f), xs, ys;
+  for (int64_t e = 0; e < experts; ++e) {
+    const auto& rows = tokens_of[e];
+    if (rows.empty()) continue;
+    const int64_t m = static_cast<int64_t>(rows.size());
+    xs.resize(m * hidden);
+    ys.resize(m * hidden);
+    backend_->GatherRows(h, rows.data(), m, hidden, xs.data());
+    DenseMlp(w.experts[e], xs.data(), m, ys.data());
+    backend_->ScatterAddRows(ys.data(), rows.data(), weights_of[e].data(), m, hidden, routed.data());
+  }
+  backend_->Add(routed.data(), n * hidden, out);
+}
+
+}  // namespace nextserve

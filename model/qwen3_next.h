@@ -1,0 +1,52 @@
+// The Qwen3-Next forward pass, built from the kernel interface, batched over sequences of different
+// lengths, each with its own caches.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/sequence_state.h"
+#include "model/weights.h"
+
+namespace nextserve {
+
+// New tokens of one sequence for this step. Positions continue from state->num_tokens().
+struct SequenceInput {
+  SequenceState* state = nullptr;
+  std::span<const int32_t> tokens;
+  bool all_logits = false;  // logits for every new token, else only for the last one
+};
+
+// Timings of the parts of one forward call, for benchmarks (seconds, summed over layers).
+struct ForwardProfile {
+  double linear = 0, attention = 0, delta_net = 0, moe = 0, lm_head = 0;
+};
+
+class Qwen3NextModel {
+ public:
+  Qwen3NextModel(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend);
+
+  const ModelConfig& config() const { return weights_->config(); }
+  std::unique_ptr<SequenceState> NewSequence() const;
+
+  // Runs one step over the batch and returns logits [rows, vocab]: for each input in order, one row
+  // per new token (all_logits) or one row for its last token. Validates token ids and emptiness.
+  absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceInput> batch,
+                                             ForwardProfile* profile = nullptr);
+
+ private:
+  struct Step;  // per-call scratch
+  void AttentionLayer(int64_t layer, Step& step, const float* h, float* out);
+  void DeltaNetLayer(int64_t layer, Step& step, const float* h, float* out);
+  void MoeLayer(int64_t layer, Step& step, const float* h, float* out);
+  void DenseMlp(const MlpWeights& w, const float* h, int64_t n, float* out);
+
+  std::shared_ptr<const ModelWeights> weights_;
+  kernels::Backend* backend_;
+};
+
+}  // namespace nextserve

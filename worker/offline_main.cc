@@ -1,0 +1,125 @@
+// nextserve-run: the offline engine. Loads a checkpoint, feeds one prompt of token ids, prints the
+// greedy continuation on one line, and optionally writes the logits of every prompt position and
+// every generated step (rows = prompt length + max_tokens - 1) as a float32 .npy [rows, vocab].
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "cli/flags.h"
+#include "kernels/backend.h"
+#include "model/npy.h"
+#include "model/qwen3_next.h"
+#include "model/weights.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "nextserve-run --model DIR --prompt-ids 1,2,3 --max-tokens N [--logits-out FILE.npy] "
+    "[--threads N] [--ignore-eos] [--stats]";
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "error: %s\nusage: %s\n", message.c_str(), kUsage);
+  return 2;
+}
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir, prompt_ids, logits_out;
+  int64_t max_tokens = 16, threads = 0;
+  bool ignore_eos = false, stats = false;
+  nextserve::cli::Flags flags(kUsage);
+  flags.String("model", &dir, "Hugging Face model directory (config.json + safetensors)");
+  flags.String("prompt-ids", &prompt_ids, "comma-separated prompt token ids, e.g. 1,2,3");
+  flags.Int("max-tokens", &max_tokens, "tokens to generate, greedy (default 16)");
+  flags.String("logits-out", &logits_out, "optional .npy file for the logits [positions, vocab]");
+  flags.Int("threads", &threads, "CPU threads (default: all cores)");
+  flags.Bool("ignore-eos", &ignore_eos, "keep generating past the model's end-of-sequence tokens");
+  flags.Bool("stats", &stats, "print load and step timings to stderr");
+  if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
+  if (!flags.positional().empty()) return UsageError("unexpected argument '" + flags.positional()[0] + "'");
+  if (dir.empty()) return UsageError("--model is required");
+  if (prompt_ids.empty()) return UsageError("--prompt-ids is required");
+  if (max_tokens < 1) return UsageError("--max-tokens must be at least 1");
+  std::vector<int32_t> prompt;
+  for (absl::string_view piece : absl::StrSplit(prompt_ids, ',')) {
+    int32_t id;
+    if (!absl::SimpleAtoi(piece, &id)) {
+      return UsageError("--prompt-ids: '" + std::string(piece) + "' is not an integer token id");
+    }
+    prompt.push_back(id);
+  }
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+
+  const auto load_start = std::chrono::steady_clock::now();
+  auto weights = nextserve::ModelWeights::Load(dir);
+  if (!weights.ok()) {
+    std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());
+    return 1;
+  }
+  const double load_s = Seconds(load_start);
+  auto backend = nextserve::kernels::MakeCpuBackend();
+  nextserve::Qwen3NextModel model(std::move(*weights), backend.get());
+  const int64_t vocab = model.config().vocab_size;
+  if (static_cast<int64_t>(prompt.size()) + max_tokens > model.config().max_position_embeddings) {
+    return UsageError("prompt length + --max-tokens exceeds the model's context of " +
+                      std::to_string(model.config().max_position_embeddings) + " tokens");
+  }
+  const bool keep_logits = !logits_out.empty();
+  const auto& eos = model.config().eos_token_ids;
+
+  auto seq = model.NewSequence();
+  std::vector<float> all_logits;
+  std::vector<int32_t> generated;
+  std::vector<int32_t> feed = prompt;
+  const auto gen_start = std::chrono::steady_clock::now();
+  double prefill_s = 0;
+  for (int64_t step = 0; step < max_tokens; ++step) {
+    nextserve::SequenceInput input{seq.get(), feed, /*all_logits=*/keep_logits && step == 0};
+    auto logits = model.Forward({&input, 1});
+    if (!logits.ok()) {
+      std::fprintf(stderr, "error: %s\n", logits.status().ToString().c_str());
+      return 1;
+    }
+    if (step == 0) prefill_s = Seconds(gen_start);
+    if (keep_logits) all_logits.insert(all_logits.end(), logits->begin(), logits->end());
+    const float* last = logits->data() + logits->size() - vocab;
+    const int32_t next = static_cast<int32_t>(std::max_element(last, last + vocab) - last);
+    generated.push_back(next);
+    if (!ignore_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) {
+      break;
+    }
+    feed.assign(1, next);
+  }
+  const double total_s = Seconds(gen_start);
+
+  for (size_t i = 0; i < generated.size(); ++i) std::printf(i ? ",%d" : "%d", generated[i]);
+  std::printf("\n");
+  if (keep_logits) {
+    const int64_t rows = static_cast<int64_t>(all_logits.size()) / vocab;
+    if (auto s = nextserve::WriteNpyF32(logits_out, {rows, vocab}, all_logits.data());
+        !s.ok()) {
+      std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+  if (stats) {
+    const double decode_s = total_s - prefill_s;
+    std::fprintf(stderr,
+                 "load %.3f s | prefill %zu tokens %.3f s (%.1f tok/s) | decode %zu tokens %.3f s "
+                 "(%.1f tok/s)\n",
+                 load_s, prompt.size(), prefill_s, prompt.size() / prefill_s, generated.size() - 1,
+                 decode_s, generated.size() > 1 ? (generated.size() - 1) / decode_s : 0.0);
+  }
+  return 0;
+}
