@@ -82,14 +82,13 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   std::map<std::string, std::vector<std::string>> tensors_by_shard;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
     if (!it.value().is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map['", it.key(),
-                                                     "'] must be a file name string"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(index_path, ": weight_map['", it.key(), "'] must be a file name string"));
     }
     const std::string& shard = it.value().get_ref<const std::string&>();
     if (!IsSafeShardName(shard)) {
-      return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map['", it.key(),
-                                                     "'] = '", shard,
-                                                     "' is not a file inside ", dir));
+      return absl::InvalidArgumentError(absl::StrCat(
+          index_path, ": weight_map['", it.key(), "'] = '", shard, "' is not a file inside ", dir));
     }
     tensors_by_shard[shard].push_back(it.key());
   }
@@ -100,8 +99,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     const std::string path = dir + "/" + shard;
     if (!IsRegularFile(path)) {
       return absl::NotFoundError(absl::StrCat(index_path, " names shard ", shard, " (for tensor '",
-                                              names.front(), "'), but ", path,
-                                              " does not exist"));
+                                              names.front(), "'), but ", path, " does not exist"));
     }
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(path);
     if (!f.ok()) return f.status();

@@ -21,7 +21,9 @@ using json = nlohmann::json;
 constexpr int64_t kMaxDim = int64_t{1} << 24;
 
 // absl here is built with its own string_view, which std::string_view does not convert to.
-absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+absl::string_view AV(std::string_view s) {
+  return absl::string_view(s.data(), s.size());
+}
 
 std::string TypeName(const json& v) {
   if (v.is_number_integer()) return "integer";
@@ -31,8 +33,9 @@ std::string TypeName(const json& v) {
 
 absl::Status TypeError(const std::string& source, std::string_view field, std::string_view want,
                        const json& got) {
-  return absl::InvalidArgumentError(absl::StrCat(source, ": field '", AV(field), "' must be ", AV(want),
-                                                 ", got ", TypeName(got), " ", got.dump()));
+  return absl::InvalidArgumentError(absl::StrCat(source, ": field '", AV(field), "' must be ",
+                                                 AV(want), ", got ", TypeName(got), " ",
+                                                 got.dump()));
 }
 
 absl::Status Invalid(const std::string& source, std::string_view field, std::string_view what) {
@@ -44,7 +47,8 @@ absl::Status Invalid(const std::string& source, std::string_view field, std::str
 absl::Status ReadInt(const json& v, const std::string& source, std::string_view field,
                      int64_t* out) {
   if (v.is_number_unsigned()) {
-    if (v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return TypeError(source, field, "an int64", v);
+    if (v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      return TypeError(source, field, "an int64", v);
     *out = static_cast<int64_t>(v.get<uint64_t>());
     return absl::OkStatus();
   }
@@ -62,8 +66,7 @@ absl::Status ReadDouble(const json& v, const std::string& source, std::string_vi
   return absl::OkStatus();
 }
 
-absl::Status ReadBool(const json& v, const std::string& source, std::string_view field,
-                      bool* out) {
+absl::Status ReadBool(const json& v, const std::string& source, std::string_view field, bool* out) {
   if (!v.is_boolean()) return TypeError(source, field, "a boolean", v);
   *out = v.get<bool>();
   return absl::OkStatus();
@@ -89,10 +92,10 @@ absl::Status ReadIntList(const json& v, const std::string& source, std::string_v
   return absl::OkStatus();
 }
 
-#define NS_RETURN_IF_ERROR(expr)     \
-  do {                               \
-    absl::Status _s = (expr);        \
-    if (!_s.ok()) return _s;         \
+#define NS_RETURN_IF_ERROR(expr) \
+  do {                           \
+    absl::Status _s = (expr);    \
+    if (!_s.ok()) return _s;     \
   } while (0)
 
 }  // namespace
@@ -147,19 +150,24 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   for (const IntField& f : int_fields) {
     if (has(f.key)) NS_RETURN_IF_ERROR(ReadInt(root[f.key], source, f.key, f.out));
   }
-  if (has("rms_norm_eps")) NS_RETURN_IF_ERROR(ReadDouble(root["rms_norm_eps"], source, "rms_norm_eps", &c.rms_norm_eps));
+  if (has("rms_norm_eps"))
+    NS_RETURN_IF_ERROR(ReadDouble(root["rms_norm_eps"], source, "rms_norm_eps", &c.rms_norm_eps));
   if (has("tie_word_embeddings")) {
     NS_RETURN_IF_ERROR(ReadBool(root["tie_word_embeddings"], source, "tie_word_embeddings",
                                 &c.tie_word_embeddings));
   }
   if (has("attention_bias")) {
-    NS_RETURN_IF_ERROR(ReadBool(root["attention_bias"], source, "attention_bias", &c.attention_bias));
+    NS_RETURN_IF_ERROR(
+        ReadBool(root["attention_bias"], source, "attention_bias", &c.attention_bias));
   }
   if (has("norm_topk_prob")) {
-    NS_RETURN_IF_ERROR(ReadBool(root["norm_topk_prob"], source, "norm_topk_prob", &c.norm_topk_prob));
+    NS_RETURN_IF_ERROR(
+        ReadBool(root["norm_topk_prob"], source, "norm_topk_prob", &c.norm_topk_prob));
   }
-  if (has("model_type")) NS_RETURN_IF_ERROR(ReadString(root["model_type"], source, "model_type", &c.model_type));
-  if (has("hidden_act")) NS_RETURN_IF_ERROR(ReadString(root["hidden_act"], source, "hidden_act", &c.hidden_act));
+  if (has("model_type"))
+    NS_RETURN_IF_ERROR(ReadString(root["model_type"], source, "model_type", &c.model_type));
+  if (has("hidden_act"))
+    NS_RETURN_IF_ERROR(ReadString(root["hidden_act"], source, "hidden_act", &c.hidden_act));
   // transformers 5 writes `dtype`; older files `torch_dtype`. `dtype` wins when both are present.
   if (present("dtype")) {
     NS_RETURN_IF_ERROR(ReadString(root["dtype"], source, "dtype", &c.torch_dtype));
@@ -167,9 +175,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
     NS_RETURN_IF_ERROR(ReadString(root["torch_dtype"], source, "torch_dtype", &c.torch_dtype));
   }
   if (present("mlp_only_layers")) {
-    NS_RETURN_IF_ERROR(ReadIntList(root["mlp_only_layers"], source, "mlp_only_layers", &c.mlp_only_layers));
+    NS_RETURN_IF_ERROR(
+        ReadIntList(root["mlp_only_layers"], source, "mlp_only_layers", &c.mlp_only_layers));
   }
-  if (present("bos_token_id")) NS_RETURN_IF_ERROR(ReadInt(root["bos_token_id"], source, "bos_token_id", &c.bos_token_id));
+  if (present("bos_token_id"))
+    NS_RETURN_IF_ERROR(ReadInt(root["bos_token_id"], source, "bos_token_id", &c.bos_token_id));
   if (present("eos_token_id")) {
     const json& eos = root["eos_token_id"];
     if (eos.is_array()) {
@@ -196,7 +206,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
     top_theta = tmp;
   }
   if (has("partial_rotary_factor")) {
-    NS_RETURN_IF_ERROR(ReadDouble(root["partial_rotary_factor"], source, "partial_rotary_factor", &tmp));
+    NS_RETURN_IF_ERROR(
+        ReadDouble(root["partial_rotary_factor"], source, "partial_rotary_factor", &tmp));
     top_factor = tmp;
   }
   if (present("rope_parameters")) {
@@ -227,24 +238,30 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                 *nested_theta, ")"));
   }
   if (top_factor && nested_factor && *top_factor != *nested_factor) {
-    return Invalid(source, "partial_rotary_factor",
-                   absl::StrCat("(", *top_factor,
-                                ") contradicts rope_parameters.partial_rotary_factor (",
-                                *nested_factor, ")"));
+    return Invalid(
+        source, "partial_rotary_factor",
+        absl::StrCat("(", *top_factor, ") contradicts rope_parameters.partial_rotary_factor (",
+                     *nested_factor, ")"));
   }
-  if (top_theta) c.rope_theta = *top_theta;
-  else if (nested_theta) c.rope_theta = *nested_theta;
-  if (top_factor) c.partial_rotary_factor = *top_factor;
-  else if (nested_factor) c.partial_rotary_factor = *nested_factor;
+  if (top_theta)
+    c.rope_theta = *top_theta;
+  else if (nested_theta)
+    c.rope_theta = *nested_theta;
+  if (top_factor)
+    c.partial_rotary_factor = *top_factor;
+  else if (nested_factor)
+    c.partial_rotary_factor = *nested_factor;
 
   // Sizes first: layer_types derivation needs num_hidden_layers.
   for (const IntField& f : int_fields) {
     const bool may_be_zero = std::string_view(f.key) == "num_experts";
     if (*f.out < (may_be_zero ? 0 : 1)) {
-      return Invalid(source, f.key, absl::StrCat("must be ", may_be_zero ? ">= 0" : "positive", ", got ", *f.out));
+      return Invalid(source, f.key,
+                     absl::StrCat("must be ", may_be_zero ? ">= 0" : "positive", ", got ", *f.out));
     }
     if (std::string_view(f.key) != "max_position_embeddings" && *f.out > kMaxDim) {
-      return Invalid(source, f.key, absl::StrCat("= ", *f.out, " is unreasonably large (limit ", kMaxDim, ")"));
+      return Invalid(source, f.key,
+                     absl::StrCat("= ", *f.out, " is unreasonably large (limit ", kMaxDim, ")"));
     }
   }
 
@@ -260,52 +277,61 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
       } else if (s == "full_attention") {
         c.layer_types.push_back(LayerType::kFullAttention);
       } else {
-        return Invalid(source, field,
-                       absl::StrCat("= \"", s, "\": expected \"linear_attention\" or \"full_attention\""));
+        return Invalid(
+            source, field,
+            absl::StrCat("= \"", s, "\": expected \"linear_attention\" or \"full_attention\""));
       }
     }
     if (static_cast<int64_t>(c.layer_types.size()) != c.num_hidden_layers) {
       return Invalid(source, "layer_types",
-                     absl::StrCat("has ", c.layer_types.size(), " entries but num_hidden_layers is ",
-                                  c.num_hidden_layers));
+                     absl::StrCat("has ", c.layer_types.size(),
+                                  " entries but num_hidden_layers is ", c.num_hidden_layers));
     }
   } else {
     // transformers: full attention iff (i + 1) % full_attention_interval == 0.
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      c.layer_types.push_back((i + 1) % c.full_attention_interval == 0 ? LayerType::kFullAttention
-                                                                      : LayerType::kLinearAttention);
+      c.layer_types.push_back((i + 1) % c.full_attention_interval == 0
+                                  ? LayerType::kFullAttention
+                                  : LayerType::kLinearAttention);
     }
   }
 
   if (c.model_type != "qwen3_next") {
-    return Invalid(source, "model_type", absl::StrCat("= \"", c.model_type, "\", expected \"qwen3_next\""));
+    return Invalid(source, "model_type",
+                   absl::StrCat("= \"", c.model_type, "\", expected \"qwen3_next\""));
   }
   if (c.hidden_act != "silu") {
-    return Invalid(source, "hidden_act", absl::StrCat("= \"", c.hidden_act, "\": only \"silu\" is supported"));
+    return Invalid(source, "hidden_act",
+                   absl::StrCat("= \"", c.hidden_act, "\": only \"silu\" is supported"));
   }
   if (c.attention_bias) {
-    return absl::UnimplementedError(
-        absl::StrCat(source, ": field 'attention_bias' = true is not supported (Qwen3-Next has no biases)"));
+    return absl::UnimplementedError(absl::StrCat(
+        source, ": field 'attention_bias' = true is not supported (Qwen3-Next has no biases)"));
   }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
-    return Invalid(source, "num_attention_heads",
-                   absl::StrCat("(", c.num_attention_heads, ") is not a multiple of num_key_value_heads (",
-                                c.num_key_value_heads, ")"));
+    return Invalid(
+        source, "num_attention_heads",
+        absl::StrCat("(", c.num_attention_heads, ") is not a multiple of num_key_value_heads (",
+                     c.num_key_value_heads, ")"));
   }
   if (c.linear_num_value_heads % c.linear_num_key_heads != 0) {
-    return Invalid(source, "linear_num_value_heads",
-                   absl::StrCat("(", c.linear_num_value_heads,
-                                ") is not a multiple of linear_num_key_heads (", c.linear_num_key_heads, ")"));
+    return Invalid(
+        source, "linear_num_value_heads",
+        absl::StrCat("(", c.linear_num_value_heads, ") is not a multiple of linear_num_key_heads (",
+                     c.linear_num_key_heads, ")"));
   }
   if (c.num_experts > 0 && c.num_experts_per_tok > c.num_experts) {
-    return Invalid(source, "num_experts_per_tok",
-                   absl::StrCat("(", c.num_experts_per_tok, ") exceeds num_experts (", c.num_experts, ")"));
+    return Invalid(
+        source, "num_experts_per_tok",
+        absl::StrCat("(", c.num_experts_per_tok, ") exceeds num_experts (", c.num_experts, ")"));
   }
   if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps)) {
-    return Invalid(source, "rms_norm_eps", absl::StrCat("must be positive and finite, got ", c.rms_norm_eps));
+    return Invalid(source, "rms_norm_eps",
+                   absl::StrCat("must be positive and finite, got ", c.rms_norm_eps));
   }
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
-    return Invalid(source, "rope_theta", absl::StrCat("must be positive and finite, got ", c.rope_theta));
+    return Invalid(source, "rope_theta",
+                   absl::StrCat("must be positive and finite, got ", c.rope_theta));
   }
   if (!(c.partial_rotary_factor > 0) || c.partial_rotary_factor > 1) {
     return Invalid(source, "partial_rotary_factor",
@@ -313,9 +339,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   }
   const int64_t rot = c.rotary_dim();
   if (rot <= 0 || rot % 2 != 0 || rot > c.head_dim) {
-    return Invalid(source, "partial_rotary_factor",
-                   absl::StrCat("gives rotary dim ", rot, " (head_dim ", c.head_dim, " * ",
-                                c.partial_rotary_factor, "); it must be even, positive and <= head_dim"));
+    return Invalid(
+        source, "partial_rotary_factor",
+        absl::StrCat("gives rotary dim ", rot, " (head_dim ", c.head_dim, " * ",
+                     c.partial_rotary_factor, "); it must be even, positive and <= head_dim"));
   }
   for (size_t i = 0; i < c.mlp_only_layers.size(); ++i) {
     const int64_t l = c.mlp_only_layers[i];
@@ -325,7 +352,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
     }
   }
   if (c.bos_token_id < -1 || c.bos_token_id >= c.vocab_size) {
-    return Invalid(source, "bos_token_id", absl::StrCat("= ", c.bos_token_id, " is outside the vocabulary"));
+    return Invalid(source, "bos_token_id",
+                   absl::StrCat("= ", c.bos_token_id, " is outside the vocabulary"));
   }
   for (size_t i = 0; i < c.eos_token_ids.size(); ++i) {
     if (c.eos_token_ids[i] < 0 || c.eos_token_ids[i] >= c.vocab_size) {
@@ -382,9 +410,10 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   nlohmann::ordered_json types = nlohmann::ordered_json::array();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     // A default-constructed config has no layer_types yet: derive them as the parser would.
-    const bool full = i < static_cast<int64_t>(c.layer_types.size())
-                          ? c.layer_types[i] == LayerType::kFullAttention
-                          : c.full_attention_interval > 0 && (i + 1) % c.full_attention_interval == 0;
+    const bool full =
+        i < static_cast<int64_t>(c.layer_types.size())
+            ? c.layer_types[i] == LayerType::kFullAttention
+            : c.full_attention_interval > 0 && (i + 1) % c.full_attention_interval == 0;
     types.push_back(full ? "full_attention" : "linear_attention");
   }
   j["layer_types"] = types;

@@ -67,9 +67,9 @@ uint16_t F32ToF16(float f) {
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t ax = x & 0x7fffffffu;
   if (ax > 0x7f800000u) return sign | 0x7e00u | ((ax >> 13) & 0x3ffu);  // quiet NaN
-  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to inf
-  if (ax >= 0x38800000u) {                        // normal half (>= 2^-14)
-    uint32_t r = ax - 0x38000000u;                // rebias 127 -> 15
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;                         // >= 65520 rounds to inf
+  if (ax >= 0x38800000u) {                                              // normal half (>= 2^-14)
+    uint32_t r = ax - 0x38000000u;                                      // rebias 127 -> 15
     r += 0xfffu + ((r >> 13) & 1u);
     return sign | static_cast<uint16_t>(r >> 13);
   }

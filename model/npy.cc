@@ -15,8 +15,9 @@ namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";  // 6 bytes
 
-// The header is a Python dict literal, e.g. {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }.
-// This parses exactly what numpy writes: string keys, and string / True / False / int-tuple values.
+// The header is a Python dict literal, e.g. {'descr': '<f4', 'fortran_order': False, 'shape': (2,
+// 3), }. This parses exactly what numpy writes: string keys, and string / True / False / int-tuple
+// values.
 class HeaderParser {
  public:
   explicit HeaderParser(std::string_view s) : s_(s) {}
@@ -128,12 +129,14 @@ absl::StatusOr<NpyArray> ReadNpyF32(const std::string& path) {
   const int minor = static_cast<unsigned char>(file[7]);
   size_t header_len, header_start;
   if (major == 1 && minor == 0) {
-    header_len = static_cast<unsigned char>(file[8]) | (static_cast<size_t>(static_cast<unsigned char>(file[9])) << 8);
+    header_len = static_cast<unsigned char>(file[8]) |
+                 (static_cast<size_t>(static_cast<unsigned char>(file[9])) << 8);
     header_start = 10;
   } else if (major == 2 && minor == 0) {
     if (file.size() < 12) return bad("truncated .npy header");
     header_len = 0;
-    for (int i = 3; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(file[8 + i]);
+    for (int i = 3; i >= 0; --i)
+      header_len = (header_len << 8) | static_cast<unsigned char>(file[8 + i]);
     header_start = 12;
   } else {
     return bad(absl::StrCat("unsupported .npy version ", major, ".", minor, " (want 1.0 or 2.0)"));
@@ -154,7 +157,8 @@ absl::StatusOr<NpyArray> ReadNpyF32(const std::string& path) {
   if (bools["fortran_order"]) return bad("Fortran-order arrays are not supported");
   uint64_t numel = 1;
   for (int64_t d : out.shape) {
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) || numel > (uint64_t{1} << 60)) {
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) ||
+        numel > (uint64_t{1} << 60)) {
       return bad("shape overflows");
     }
   }
@@ -177,18 +181,21 @@ absl::Status WriteNpyF32(const std::string& path, const std::vector<int64_t>& sh
   }
   std::string dims = absl::StrJoin(shape, ", ");
   if (shape.size() == 1) dims += ",";
-  std::string header = absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (", dims, "), }");
+  std::string header =
+      absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (", dims, "), }");
   // numpy pads with spaces and ends with '\n' so that the data starts 64-byte aligned.
   const size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header += '\n';
-  if (header.size() > 65535) return absl::InvalidArgumentError(absl::StrCat(path, ": shape too long"));
+  if (header.size() > 65535)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": shape too long"));
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot create ", path));
   out.write(kMagic, 6);
   const char version[2] = {1, 0};
   out.write(version, 2);
-  const char len[2] = {static_cast<char>(header.size() & 0xff), static_cast<char>(header.size() >> 8)};
+  const char len[2] = {static_cast<char>(header.size() & 0xff),
+                       static_cast<char>(header.size() >> 8)};
   out.write(len, 2);
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
   out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(numel * 4));

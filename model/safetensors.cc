@@ -23,17 +23,20 @@ using json = nlohmann::json;
 constexpr uint64_t kMaxHeaderSize = 100u << 20;
 
 // safetensors dtypes that exist but that nextserve does not load.
-constexpr std::string_view kKnownUnsupported[] = {"BOOL", "U8",  "I8",  "I16", "U16",     "I32",
-                                                  "U32",  "I64", "U64", "F64", "F8_E5M2", "F8_E8M0",
-                                                  "F4",   "F6_E2M3", "F6_E3M2", "C64"};
+constexpr std::string_view kKnownUnsupported[] = {
+    "BOOL", "U8",  "I8",      "I16",     "U16", "I32",     "U32",     "I64",
+    "U64",  "F64", "F8_E5M2", "F8_E8M0", "F4",  "F6_E2M3", "F6_E3M2", "C64"};
 
 // absl here is built with its own string_view, which std::string_view does not convert to.
-absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+absl::string_view AV(std::string_view s) {
+  return absl::string_view(s.data(), s.size());
+}
 
 absl::Status Corrupt(std::string_view source, std::string_view what) {
   return absl::DataLossError(absl::StrCat(AV(source), ": ", AV(what)));
 }
-absl::Status CorruptTensor(std::string_view source, std::string_view tensor, std::string_view what) {
+absl::Status CorruptTensor(std::string_view source, std::string_view tensor,
+                           std::string_view what) {
   return absl::DataLossError(absl::StrCat(AV(source), ": tensor '", AV(tensor), "': ", AV(what)));
 }
 
@@ -68,9 +71,9 @@ absl::StatusOr<TensorHeaderEntry> ParseEntry(const std::string& name, const json
   if (!dtype) {
     const bool known = std::find(std::begin(kKnownUnsupported), std::end(kKnownUnsupported),
                                  dtype_name) != std::end(kKnownUnsupported);
-    return absl::InvalidArgumentError(absl::StrCat(
-        AV(source), ": tensor '", name, "': ", known ? "unsupported" : "unknown", " dtype \"",
-        dtype_name, "\" (supported: F32, F16, BF16, F8_E4M3)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(AV(source), ": tensor '", name, "': ", known ? "unsupported" : "unknown",
+                     " dtype \"", dtype_name, "\" (supported: F32, F16, BF16, F8_E4M3)"));
   }
   e.dtype = *dtype;
 
@@ -81,10 +84,12 @@ absl::StatusOr<TensorHeaderEntry> ParseEntry(const std::string& name, const json
   uint64_t numel = 1;
   for (const json& d : *shape) {
     if (d.is_number_integer() && !d.is_number_unsigned()) {
-      return CorruptTensor(source, name, absl::StrCat("negative dimension in shape ", shape->dump()));
+      return CorruptTensor(source, name,
+                           absl::StrCat("negative dimension in shape ", shape->dump()));
     }
     if (!d.is_number_unsigned()) {
-      return CorruptTensor(source, name, absl::StrCat("non-integer dimension in shape ", shape->dump()));
+      return CorruptTensor(source, name,
+                           absl::StrCat("non-integer dimension in shape ", shape->dump()));
     }
     const uint64_t x = d.get<uint64_t>();
     if (x > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(numel, x, &numel)) {
@@ -107,20 +112,21 @@ absl::StatusOr<TensorHeaderEntry> ParseEntry(const std::string& name, const json
   e.begin = (*offsets)[0].get<uint64_t>();
   e.end = (*offsets)[1].get<uint64_t>();
   if (e.begin > e.end) {
-    return CorruptTensor(source, name, absl::StrCat("data_offsets [", e.begin, ", ", e.end,
-                                                    "] end before they begin"));
+    return CorruptTensor(
+        source, name,
+        absl::StrCat("data_offsets [", e.begin, ", ", e.end, "] end before they begin"));
   }
   if (e.end > data_size) {
-    return CorruptTensor(source, name,
-                         absl::StrCat("data_offsets [", e.begin, ", ", e.end,
-                                      "] run past the data section (", data_size,
-                                      " bytes; file truncated?)"));
+    return CorruptTensor(
+        source, name,
+        absl::StrCat("data_offsets [", e.begin, ", ", e.end, "] run past the data section (",
+                     data_size, " bytes; file truncated?)"));
   }
   if (e.end - e.begin != nbytes) {
-    return CorruptTensor(source, name,
-                         absl::StrCat("data_offsets [", e.begin, ", ", e.end, "] hold ",
-                                      e.end - e.begin, " bytes but ", dtype_name, " ",
-                                      ShapeString(e.shape), " needs ", nbytes));
+    return CorruptTensor(
+        source, name,
+        absl::StrCat("data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin,
+                     " bytes but ", dtype_name, " ", ShapeString(e.shape), " needs ", nbytes));
   }
   return e;
 }
@@ -156,7 +162,8 @@ absl::StatusOr<std::vector<TensorHeaderEntry>> ParseSafetensorsHeader(std::strin
   };
   json root;
   try {
-    root = json::parse(header_json.begin(), header_json.end(), callback, /*allow_exceptions=*/false);
+    root =
+        json::parse(header_json.begin(), header_json.end(), callback, /*allow_exceptions=*/false);
   } catch (const std::exception& e) {  // the non-throwing parse should not get here; be safe
     return Corrupt(source, absl::StrCat("header JSON: ", e.what()));
   }
@@ -207,8 +214,8 @@ absl::StatusOr<std::vector<TensorHeaderEntry>> ParseSafetensorsImage(std::string
   }
   const uint64_t n = ReadLe64(image.data());
   if (n > kMaxHeaderSize) {
-    return Corrupt(source, absl::StrCat("header length ", n, " exceeds the ", kMaxHeaderSize,
-                                        "-byte limit"));
+    return Corrupt(
+        source, absl::StrCat("header length ", n, " exceeds the ", kMaxHeaderSize, "-byte limit"));
   }
   if (n > image.size() - 8) {
     return Corrupt(source, absl::StrCat("header length ", n, " exceeds the file size ",
@@ -257,8 +264,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const size_t size = static_cast<size_t>(st.st_size);
   if (size < 8) {
     close(fd);
-    return Corrupt(path, absl::StrCat("file is ", size,
-                                      " bytes, shorter than the 8-byte header length"));
+    return Corrupt(path,
+                   absl::StrCat("file is ", size, " bytes, shorter than the 8-byte header length"));
   }
   void* base = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   const int map_err = errno;
@@ -360,8 +367,8 @@ std::string SafetensorsWriter::Serialize() const {
   uint64_t offset = 0;
   for (const Pending* p : sorted) {
     absl::StrAppend(&header, ",", JsonString(p->name), ":{\"dtype\":\"", AV(DTypeName(p->dtype)),
-                    "\",\"shape\":[", absl::StrJoin(p->shape, ","), "],\"data_offsets\":[",
-                    offset, ",", offset + p->bytes.size(), "]}");
+                    "\",\"shape\":[", absl::StrJoin(p->shape, ","), "],\"data_offsets\":[", offset,
+                    ",", offset + p->bytes.size(), "]}");
     offset += p->bytes.size();
   }
   header += "}";
@@ -392,8 +399,8 @@ absl::Status SafetensorsWriter::WriteFile(const std::string& path) const {
     }
     if (n * DTypeSize(p.dtype) != p.bytes.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "SafetensorsWriter: tensor '", p.name, "' ", AV(DTypeName(p.dtype)), " ", ShapeString(p.shape),
-          " needs ", n * DTypeSize(p.dtype), " bytes, got ", p.bytes.size()));
+          "SafetensorsWriter: tensor '", p.name, "' ", AV(DTypeName(p.dtype)), " ",
+          ShapeString(p.shape), " needs ", n * DTypeSize(p.dtype), " bytes, got ", p.bytes.size()));
     }
   }
   const std::string image = Serialize();

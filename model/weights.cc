@@ -13,7 +13,9 @@ namespace nextserve {
 namespace {
 
 // absl here is built with its own string_view, which std::string_view does not convert to.
-absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+absl::string_view AV(std::string_view s) {
+  return absl::string_view(s.data(), s.size());
+}
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -88,10 +90,9 @@ class WeightBinder {
     }
     seen_.insert(t);
     if (t->shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' in ", *t->file,
-                                                     " has shape ", ShapeString(t->shape),
-                                                     ", expected ", ShapeString(shape),
-                                                     " from the model config"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' in ", *t->file, " has shape ", ShapeString(t->shape),
+                       ", expected ", ShapeString(shape), " from the model config"));
     }
     return t;
   }
@@ -108,10 +109,11 @@ class WeightBinder {
       large_dtype_ = info.dtype;
       large_dtype_from_ = name;
     } else if (*large_dtype_ != info.dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' in ", *info.file, " is ", AV(DTypeName(info.dtype)),
-          " but the other large matrices are ", AV(DTypeName(*large_dtype_)), " (e.g. '",
-          large_dtype_from_, "'); all projection / expert / embedding matrices must share one dtype"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' in ", *info.file, " is ", AV(DTypeName(info.dtype)),
+                       " but the other large matrices are ", AV(DTypeName(*large_dtype_)),
+                       " (e.g. '", large_dtype_from_,
+                       "'); all projection / expert / embedding matrices must share one dtype"));
     }
     if (bind) {
       out->dtype = info.dtype;
@@ -147,7 +149,8 @@ class WeightBinder {
 
   absl::Status Mlp(const std::string& prefix, int64_t inter, MlpWeights* out, bool bind = true) {
     const int64_t H = c_.hidden_size;
-    if (auto s = Large(prefix + "gate_proj.weight", inter, H, &out->gate_proj, bind); !s.ok()) return s;
+    if (auto s = Large(prefix + "gate_proj.weight", inter, H, &out->gate_proj, bind); !s.ok())
+      return s;
     if (auto s = Large(prefix + "up_proj.weight", inter, H, &out->up_proj, bind); !s.ok()) return s;
     return Large(prefix + "down_proj.weight", H, inter, &out->down_proj, bind);
   }
@@ -156,8 +159,12 @@ class WeightBinder {
     const int64_t H = c_.hidden_size;
     const std::string p = absl::StrCat("model.layers.", i, ".");
     L->type = c_.layer_types[i];
-    if (auto s = Small(p + "input_layernorm.weight", {H}, 1, H, &L->input_layernorm); !s.ok()) return s;
-    if (auto s = Small(p + "post_attention_layernorm.weight", {H}, 1, H, &L->post_attention_layernorm); !s.ok()) return s;
+    if (auto s = Small(p + "input_layernorm.weight", {H}, 1, H, &L->input_layernorm); !s.ok())
+      return s;
+    if (auto s =
+            Small(p + "post_attention_layernorm.weight", {H}, 1, H, &L->post_attention_layernorm);
+        !s.ok())
+      return s;
 
     if (c_.is_full_attention(i)) {
       const std::string a = p + "self_attn.";
@@ -180,9 +187,11 @@ class WeightBinder {
       const int64_t kernel = c_.linear_conv_kernel_dim;
       const int64_t dv = c_.linear_value_head_dim;
       DeltaNetWeights& w = L->delta_net;
-      if (auto s = Large(a + "in_proj_qkvz.weight", 2 * kd + 2 * vd, H, &w.in_proj_qkvz); !s.ok()) return s;
+      if (auto s = Large(a + "in_proj_qkvz.weight", 2 * kd + 2 * vd, H, &w.in_proj_qkvz); !s.ok())
+        return s;
       if (auto s = Large(a + "in_proj_ba.weight", 2 * nv, H, &w.in_proj_ba); !s.ok()) return s;
-      if (auto s = Small(a + "conv1d.weight", {conv, 1, kernel}, conv, kernel, &w.conv1d); !s.ok()) return s;
+      if (auto s = Small(a + "conv1d.weight", {conv, 1, kernel}, conv, kernel, &w.conv1d); !s.ok())
+        return s;
       if (auto s = Small(a + "dt_bias", {nv}, 1, nv, &w.dt_bias); !s.ok()) return s;
       if (auto s = Small(a + "A_log", {nv}, 1, nv, &w.A_log); !s.ok()) return s;
       if (auto s = Small(a + "norm.weight", {dv}, 1, dv, &w.norm); !s.ok()) return s;
@@ -197,9 +206,12 @@ class WeightBinder {
     moe.experts.resize(c_.num_experts);
     for (int64_t e = 0; e < c_.num_experts; ++e) {
       const std::string ep = absl::StrCat(m, "experts.", e, ".");
-      if (auto s = Mlp(ep, c_.moe_intermediate_size, &moe.experts[e], w_->owns_expert[e]); !s.ok()) return s;
+      if (auto s = Mlp(ep, c_.moe_intermediate_size, &moe.experts[e], w_->owns_expert[e]); !s.ok())
+        return s;
     }
-    if (auto s = Mlp(m + "shared_expert.", c_.shared_expert_intermediate_size, &moe.shared_expert); !s.ok()) return s;
+    if (auto s = Mlp(m + "shared_expert.", c_.shared_expert_intermediate_size, &moe.shared_expert);
+        !s.ok())
+      return s;
     return Large(m + "shared_expert_gate.weight", 1, H, &moe.shared_expert_gate);
   }
 

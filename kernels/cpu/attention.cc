@@ -1,8 +1,10 @@
 // Gated full attention on the CPU: q/k (1 + w) RMSNorm, partial NeoX RoPE, causal GQA softmax
 // attention in fp32, sigmoid output gate.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "dnnl.h"
 #include "kernels/cpu/cpu_ops.h"
 
 namespace nextserve::kernels::cpu {
@@ -62,38 +64,40 @@ void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, cons
 void Attention(const float* q, const float* k_cache, const float* v_cache, int64_t t, int64_t past,
                const AttentionShape& s, const float* gate, float* out) {
   const int64_t d = s.head_dim, group = s.num_heads / s.num_kv_heads;
+  const int64_t q_stride = s.num_heads * d, kv_stride = s.num_kv_heads * d;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  constexpr int64_t kBlock = 64;  // queries per task: bounds the score buffer to kBlock x keys
+  const int64_t blocks = (t + kBlock - 1) / kBlock;
 #pragma omp parallel
   {
-    std::vector<float> scores(static_cast<size_t>(past + t));
-#pragma omp for collapse(2) schedule(dynamic, 4)
-    for (int64_t i = 0; i < t; ++i) {
-      for (int64_t h = 0; h < s.num_heads; ++h) {
-        const int64_t kvh = h / group, len = past + i + 1;
-        const float* qh = q + (i * s.num_heads + h) * d;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < len; ++j) {
-          const float* kj = k_cache + (j * s.num_kv_heads + kvh) * d;
-          float dot = 0;
-          for (int64_t e = 0; e < d; ++e) dot += qh[e] * kj[e];
-          scores[j] = dot * scale;
-          mx = std::max(mx, scores[j]);
+    std::vector<float> scores;
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t i0 = blk * kBlock, rows = std::min(kBlock, t - i0);
+        const int64_t keys = past + i0 + rows;  // causal: the block sees keys [0, keys)
+        const float* Q = q + i0 * q_stride + h * d;
+        const float* K = k_cache + (h / group) * d;
+        const float* V = v_cache + (h / group) * d;
+        float* O = out + i0 * q_stride + h * d;
+        scores.resize(static_cast<size_t>(rows * keys));
+        dnnl_sgemm('N', 'T', rows, keys, d, scale, Q, q_stride, K, kv_stride, 0.0f, scores.data(), keys);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* p = scores.data() + r * keys;
+          const int64_t visible = past + i0 + r + 1;
+          const float mx = *std::max_element(p, p + visible);
+          float sum = 0;
+          for (int64_t j = 0; j < visible; ++j) sum += p[j] = std::exp(p[j] - mx);
+          const float inv = 1.0f / sum;
+          for (int64_t j = 0; j < visible; ++j) p[j] *= inv;
+          for (int64_t j = visible; j < keys; ++j) p[j] = 0.0f;
         }
-        float sum = 0;
-        for (int64_t j = 0; j < len; ++j) {
-          scores[j] = std::exp(scores[j] - mx);
-          sum += scores[j];
+        dnnl_sgemm('N', 'N', rows, d, keys, 1.0f, scores.data(), keys, V, kv_stride, 0.0f, O, q_stride);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* gh = gate + (i0 + r) * q_stride + h * d;
+          float* o = O + r * q_stride;
+          for (int64_t e = 0; e < d; ++e) o[e] *= Sigmoid(gh[e]);
         }
-        const float inv = 1.0f / sum;
-        float* o = out + (i * s.num_heads + h) * d;
-        std::fill(o, o + d, 0.0f);
-        for (int64_t j = 0; j < len; ++j) {
-          const float p = scores[j] * inv;
-          const float* vj = v_cache + (j * s.num_kv_heads + kvh) * d;
-          for (int64_t e = 0; e < d; ++e) o[e] += p * vj[e];
-        }
-        const float* gh = gate + (i * s.num_heads + h) * d;
-        for (int64_t e = 0; e < d; ++e) o[e] *= Sigmoid(gh[e]);
       }
     }
   }

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "dnnl.h"
 #include "kernels/cpu/cpu_ops.h"
 
 namespace nextserve::kernels::cpu {
@@ -19,11 +20,6 @@ void L2NormScaled(const float* x, int64_t d, float scale, float* y) {
   for (int64_t i = 0; i < d; ++i) y[i] = x[i] * inv;
 }
 
-inline float Dot(const float* a, const float* b, int64_t n) {
-  float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
 inline void Axpy(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -67,56 +63,62 @@ void RecurrentHead(const float* qn, const float* kn, const float* conv_out, cons
   }
 }
 
-// One value head, chunked UT/WY form (spec §3.3.6). Only exp of non-positive numbers is taken.
+// One value head, chunked UT/WY form (spec §3.3.6) with the chunk's products as small GEMMs.
+// Only exp of non-positive numbers is taken.
 void ChunkedHead(const float* qn, const float* kn, const float* conv_out, const float* g,
                  const float* beta, int64_t t, const DeltaNetShape& s, int64_t h, float* S,
                  float* out) {
   const int64_t dk = s.key_head_dim, dv = s.value_head_dim, nk = s.num_key_heads,
                 nv = s.num_value_heads, kh = h / (nv / nk), cd = s.conv_dim();
-  std::vector<float> gam(kChunk), kk(kChunk * kChunk), U(kChunk * dv), W(kChunk * dk);
+  const int64_t qk_stride = nk * dk, out_stride = nv * dv, wide = dv + dk;
+  std::vector<float> gam(kChunk), kk(kChunk * kChunk), qk(kChunk * kChunk), X(kChunk * wide),
+      kd(kChunk * dk);
   for (int64_t c0 = 0; c0 < t; c0 += kChunk) {
     const int64_t n = std::min(kChunk, t - c0);
-    auto q = [&](int64_t i) { return qn + ((c0 + i) * nk + kh) * dk; };
-    auto k = [&](int64_t i) { return kn + ((c0 + i) * nk + kh) * dk; };
-    auto v = [&](int64_t i) { return conv_out + (c0 + i) * cd + 2 * s.key_dim() + h * dv; };
+    const float* Q = qn + (c0 * nk + kh) * dk;  // row i at Q + i * qk_stride
+    const float* K = kn + (c0 * nk + kh) * dk;
+    float* O = out + (c0 * nv + h) * dv;  // row i at O + i * out_stride
     float acc = 0;
     for (int64_t i = 0; i < n; ++i) {
       acc += g[(c0 + i) * nv + h];
       gam[i] = acc;
     }
-    // Right-hand sides β⊙V and β⊙e^γ⊙K, then forward substitution with (I + M).
+    // K Kᵀ and Q Kᵀ (only the lower triangles are used).
+    dnnl_sgemm('N', 'T', n, n, dk, 1.0f, K, qk_stride, K, qk_stride, 0.0f, kk.data(), kChunk);
+    dnnl_sgemm('N', 'T', n, n, dk, 1.0f, Q, qk_stride, K, qk_stride, 0.0f, qk.data(), kChunk);
+    // X = [β⊙V | β⊙e^γ⊙K], then forward substitution with (I + M), M_ij = β_i e^{γ_i-γ_j} k_i·k_j.
     for (int64_t i = 0; i < n; ++i) {
       const float b = beta[(c0 + i) * nv + h], eb = b * std::exp(gam[i]);
-      for (int64_t c = 0; c < dv; ++c) U[i * dv + c] = b * v(i)[c];
-      for (int64_t r = 0; r < dk; ++r) W[i * dk + r] = eb * k(i)[r];
+      const float* v = conv_out + (c0 + i) * cd + 2 * s.key_dim() + h * dv;
+      const float* k = K + i * qk_stride;
+      float* x = &X[i * wide];
+      for (int64_t c = 0; c < dv; ++c) x[c] = b * v[c];
+      for (int64_t r = 0; r < dk; ++r) x[dv + r] = eb * k[r];
       for (int64_t j = 0; j < i; ++j) {
-        const float mij = b * std::exp(gam[i] - gam[j]) * Dot(k(i), k(j), dk);
-        Axpy(-mij, &U[j * dv], &U[i * dv], dv);
-        Axpy(-mij, &W[j * dk], &W[i * dk], dk);
+        Axpy(-b * std::exp(gam[i] - gam[j]) * kk[i * kChunk + j], &X[j * wide], x, wide);
       }
     }
-    // U = U0 - W S (the δ of every token).
+    // U = U0 - W S, in place in X's first dv columns.
+    dnnl_sgemm('N', 'N', n, dv, dk, -1.0f, &X[dv], wide, S, dv, 1.0f, X.data(), wide);
+    // O = diag(e^γ) Q S + (QKᵀ ⊙ D, lower incl.) U.
+    dnnl_sgemm('N', 'N', n, dv, dk, 1.0f, Q, qk_stride, S, dv, 0.0f, O, out_stride);
     for (int64_t i = 0; i < n; ++i) {
-      for (int64_t r = 0; r < dk; ++r) Axpy(-W[i * dk + r], S + r * dv, &U[i * dv], dv);
-    }
-    // O_i = e^{γ_i} qᵢᵀS + Σ_{j≤i} e^{γ_i-γ_j} (qᵢ·kⱼ) Uⱼ.
-    for (int64_t i = 0; i < n; ++i) {
-      float* o = out + ((c0 + i) * nv + h) * dv;
-      std::fill(o, o + dv, 0.0f);
-      for (int64_t r = 0; r < dk; ++r) Axpy(q(i)[r], S + r * dv, o, dv);
       const float egi = std::exp(gam[i]);
+      float* o = O + i * out_stride;
       for (int64_t c = 0; c < dv; ++c) o[c] *= egi;
-      for (int64_t j = 0; j <= i; ++j) {
-        Axpy(std::exp(gam[i] - gam[j]) * Dot(q(i), k(j), dk), &U[j * dv], o, dv);
+      for (int64_t j = 0; j < kChunk; ++j) {
+        qk[i * kChunk + j] = j <= i ? qk[i * kChunk + j] * std::exp(gam[i] - gam[j]) : 0.0f;
       }
     }
-    // S = e^{γ_n} S + Σ_j e^{γ_n-γ_j} kⱼ Uⱼᵀ.
-    const float egn = std::exp(gam[n - 1]);
-    for (int64_t e = 0; e < dk * dv; ++e) S[e] *= egn;
+    dnnl_sgemm('N', 'N', n, dv, n, 1.0f, qk.data(), kChunk, X.data(), wide, 1.0f, O, out_stride);
+    // S = e^{γ_n} S + (K ⊙ e^{γ_n-γ})ᵀ U.
+    const float gn = gam[n - 1];
     for (int64_t j = 0; j < n; ++j) {
-      const float w = std::exp(gam[n - 1] - gam[j]);
-      for (int64_t r = 0; r < dk; ++r) Axpy(w * k(j)[r], &U[j * dv], S + r * dv, dv);
+      const float w = std::exp(gn - gam[j]);
+      const float* k = K + j * qk_stride;
+      for (int64_t r = 0; r < dk; ++r) kd[j * dk + r] = w * k[r];
     }
+    dnnl_sgemm('T', 'N', dk, dv, n, 1.0f, kd.data(), dk, X.data(), wide, std::exp(gn), S, dv);
   }
 }
 

@@ -1,5 +1,7 @@
 // The forward pass on random checkpoints: batching and chunking do not change results, decoding
 // through the caches equals recomputing, bad input gets a clear error.
+#include <omp.h>
+
 #include <cmath>
 #include <filesystem>
 #include <numeric>
@@ -113,6 +115,16 @@ TEST_F(EngineTest, ChunkedPromptAndDecodeEqualWholePrompt) {
   // Logits are not degenerate: a comparison of constants would prove nothing.
   const auto [lo, hi] = std::minmax_element(whole.begin(), whole.end());
   EXPECT_GT(*hi - *lo, 1.0f);
+}
+
+TEST_F(EngineTest, ThreadCountDoesNotChangeResults) {
+  const auto prompt = Prompt(130, 8);
+  omp_set_num_threads(1);
+  const auto one = Alone(prompt);
+  omp_set_num_threads(2);
+  const auto two = Alone(prompt);
+  omp_set_num_threads(1);
+  EXPECT_LT(MaxDiff(one.data(), two.data(), one.size()), 1e-5f);
 }
 
 TEST_F(EngineTest, LastTokenLogitsOnlyWhenAsked) {

@@ -91,14 +91,24 @@ TEST(CheckpointTest, Errors) {
   EXPECT_TRUE(IsError(Checkpoint::Open(dir.path()), kInvalid, {index, "../s1.safetensors"}));
 
   // Index names a shard file that does not exist.
-  ASSERT_TRUE(WriteStringToFile(index, R"({"weight_map": {"a": "s1.safetensors", "x": "s9.safetensors"}})").ok());
+  ASSERT_TRUE(
+      WriteStringToFile(index, R"({"weight_map": {"a": "s1.safetensors", "x": "s9.safetensors"}})")
+          .ok());
   EXPECT_TRUE(IsError(Checkpoint::Open(dir.path()), kNotFound, {index, "s9.safetensors", "'x'"}));
   // Index maps a tensor to a shard that lacks it.
-  ASSERT_TRUE(WriteStringToFile(index, R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors", "c": "s1.safetensors"}})").ok());
-  EXPECT_TRUE(IsError(Checkpoint::Open(dir.path()), kDataLoss,
-                      {index, "'c'", dir.File("s1.safetensors")}));
+  ASSERT_TRUE(
+      WriteStringToFile(
+          index,
+          R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors", "c": "s1.safetensors"}})")
+          .ok());
+  EXPECT_TRUE(
+      IsError(Checkpoint::Open(dir.path()), kDataLoss, {index, "'c'", dir.File("s1.safetensors")}));
   // Tensor b in both shards.
-  ASSERT_TRUE(WriteStringToFile(index, R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors", "c": "s2.safetensors"}})").ok());
+  ASSERT_TRUE(
+      WriteStringToFile(
+          index,
+          R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors", "c": "s2.safetensors"}})")
+          .ok());
   EXPECT_TRUE(IsError(Checkpoint::Open(dir.path()), kDataLoss,
                       {"'b'", "both", dir.File("s1.safetensors"), dir.File("s2.safetensors")}));
   // A shard tensor the index omits.

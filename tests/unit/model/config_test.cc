@@ -71,6 +71,40 @@ TEST(ConfigTest, EmptyObjectGivesTransformersDefaults) {
   EXPECT_TRUE(c->eos_token_ids.empty());
 }
 
+// Written by transformers 5.24's Qwen3NextConfig(...).to_json_string() (rope_parameters, dtype,
+// null bos_token_id, no full_attention_interval).
+const char kTransformers524[] = R"({
+  "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": null, "decoder_sparse_step": 1,
+  "dtype": "bfloat16", "eos_token_id": [2, 3], "head_dim": 16, "hidden_act": "silu", "hidden_size": 64,
+  "initializer_range": 0.02, "intermediate_size": 5632,
+  "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+  "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_num_key_heads": 16,
+  "linear_num_value_heads": 32, "linear_value_head_dim": 128, "max_position_embeddings": 32768,
+  "mlp_only_layers": [1], "model_type": "qwen3_next", "moe_intermediate_size": 512,
+  "norm_topk_prob": true, "num_attention_heads": 4, "num_experts": 512, "num_experts_per_tok": 10,
+  "num_hidden_layers": 4, "num_key_value_heads": 2, "output_router_logits": false,
+  "pad_token_id": null, "rms_norm_eps": 1e-06,
+  "rope_parameters": {"partial_rotary_factor": 0.25, "rope_theta": 10000000.0, "rope_type": "default"},
+  "router_aux_loss_coef": 0.001, "shared_expert_intermediate_size": 512, "tie_word_embeddings": false,
+  "transformers_version": "5.24.0", "use_cache": true, "vocab_size": 96
+})";
+
+TEST(ConfigTest, ParsesTransformers524Output) {
+  absl::StatusOr<ModelConfig> c = ParseModelConfig(kTransformers524, "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_theta, 1e7);
+  EXPECT_EQ(c->partial_rotary_factor, 0.25);
+  EXPECT_EQ(c->rotary_dim(), 4);
+  EXPECT_EQ(c->torch_dtype, "bfloat16");
+  EXPECT_EQ(c->bos_token_id, -1);
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(c->mlp_only_layers, std::vector<int64_t>{1});
+  EXPECT_FALSE(c->is_moe_layer(1));
+  EXPECT_TRUE(c->is_moe_layer(2));
+  EXPECT_TRUE(c->is_full_attention(3));
+  EXPECT_EQ(c->vocab_size, 96);
+}
+
 // transformers 5.x: rope_parameters, dtype, explicit layer_types, eos list.
 TEST(ConfigTest, ParsesTransformers5Style) {
   json j = json::parse(kReal80B);
@@ -78,7 +112,8 @@ TEST(ConfigTest, ParsesTransformers5Style) {
   j.erase("partial_rotary_factor");
   j.erase("torch_dtype");
   j.erase("rope_scaling");
-  j["rope_parameters"] = {{"rope_theta", 5e6}, {"partial_rotary_factor", 0.5}, {"rope_type", "default"}};
+  j["rope_parameters"] = {
+      {"rope_theta", 5e6}, {"partial_rotary_factor", 0.5}, {"rope_type", "default"}};
   j["dtype"] = "float32";
   j["eos_token_id"] = {151645, 151643};
   j["num_hidden_layers"] = 3;
@@ -105,8 +140,8 @@ TEST(ConfigTest, RopeTopLevelAndNestedMustAgree) {
                       {"c.json", "rope_theta", "rope_parameters.rope_theta"}));
   j["rope_parameters"]["rope_theta"] = 1e7;
   j["rope_parameters"]["partial_rotary_factor"] = 0.5;
-  EXPECT_TRUE(IsError(ParseModelConfig(j.dump(), "c.json"), kInvalid,
-                      {"c.json", "partial_rotary_factor"}));
+  EXPECT_TRUE(
+      IsError(ParseModelConfig(j.dump(), "c.json"), kInvalid, {"c.json", "partial_rotary_factor"}));
 }
 
 TEST(ConfigTest, FullAttentionIntervalDerivesLayerTypes) {
@@ -201,27 +236,41 @@ TEST(ConfigTest, RejectsBadFields) {
       {"negative size", {{"vocab_size", -1}}, kInvalid, {"vocab_size", "positive"}},
       {"zero heads", {{"num_attention_heads", 0}}, kInvalid, {"num_attention_heads"}},
       {"huge size", {{"hidden_size", int64_t{1} << 40}}, kInvalid, {"hidden_size", "large"}},
-      {"gqa", {{"num_key_value_heads", 3}}, kInvalid, {"num_attention_heads", "num_key_value_heads"}},
+      {"gqa",
+       {{"num_key_value_heads", 3}},
+       kInvalid,
+       {"num_attention_heads", "num_key_value_heads"}},
       {"linear heads", {{"linear_num_key_heads", 12}}, kInvalid, {"linear_num_value_heads"}},
       {"topk", {{"num_experts_per_tok", 513}}, kInvalid, {"num_experts_per_tok"}},
       {"bool type", {{"tie_word_embeddings", 1}}, kInvalid, {"tie_word_embeddings", "boolean"}},
       {"act", {{"hidden_act", "gelu"}}, kInvalid, {"hidden_act", "gelu"}},
       {"model type", {{"model_type", "qwen3_moe"}}, kInvalid, {"model_type", "qwen3_moe"}},
-      {"layer_types length", {{"layer_types", {"full_attention"}}}, kInvalid, {"layer_types", "48"}},
+      {"layer_types length",
+       {{"layer_types", {"full_attention"}}},
+       kInvalid,
+       {"layer_types", "48"}},
       {"layer_types value",
        {{"num_hidden_layers", 2}, {"layer_types", {"full_attention", "sliding_attention"}}},
-       kInvalid, {"layer_types[1]", "sliding_attention"}},
+       kInvalid,
+       {"layer_types[1]", "sliding_attention"}},
       {"layer_types type", {{"layer_types", "full"}}, kInvalid, {"layer_types"}},
       {"mlp_only range", {{"mlp_only_layers", {48}}}, kInvalid, {"mlp_only_layers[0]", "48"}},
       {"mlp_only type", {{"mlp_only_layers", {"x"}}}, kInvalid, {"mlp_only_layers[0]"}},
       {"sparse step", {{"decoder_sparse_step", 0}}, kInvalid, {"decoder_sparse_step"}},
       {"interval", {{"full_attention_interval", 0}}, kInvalid, {"full_attention_interval"}},
-      {"rope_scaling", {{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}}},
-       absl::StatusCode::kUnimplemented, {"rope_scaling", "not supported"}},
-      {"rope_type", {{"rope_parameters", {{"rope_type", "yarn"}}}},
-       absl::StatusCode::kUnimplemented, {"rope_parameters.rope_type", "yarn"}},
+      {"rope_scaling",
+       {{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}}},
+       absl::StatusCode::kUnimplemented,
+       {"rope_scaling", "not supported"}},
+      {"rope_type",
+       {{"rope_parameters", {{"rope_type", "yarn"}}}},
+       absl::StatusCode::kUnimplemented,
+       {"rope_parameters.rope_type", "yarn"}},
       {"rope_parameters type", {{"rope_parameters", 3}}, kInvalid, {"rope_parameters"}},
-      {"odd rotary", {{"partial_rotary_factor", 0.01171875}}, kInvalid, {"partial_rotary_factor", "rotary dim 3"}},
+      {"odd rotary",
+       {{"partial_rotary_factor", 0.01171875}},
+       kInvalid,
+       {"partial_rotary_factor", "rotary dim 3"}},
       {"factor > 1", {{"partial_rotary_factor", 1.5}}, kInvalid, {"partial_rotary_factor"}},
       {"theta", {{"rope_theta", 0}}, kInvalid, {"rope_theta"}},
       {"eps", {{"rms_norm_eps", -1e-6}}, kInvalid, {"rms_norm_eps"}},

@@ -44,10 +44,10 @@ TEST(DTypeTest, F16ToF32MatchesF16CForAllValues) {
 
 TEST(DTypeTest, F32ToF16MatchesF16CRoundToNearestEven) {
   std::mt19937 rng(7);
-  std::vector<float> inputs = {0.f, -0.f, 1.f, 65504.f, 65519.f, 65520.f, 1e9f, -1e9f,
-                               INFINITY, -INFINITY, 0x1p-24f, 0x1p-25f, 0x1.8p-25f, 0x1p-26f,
-                               0x1p-14f, 0x1.ffcp-15f, 6.1e-5f, 1.0009765625f, 1.00048828125f,
-                               1.00146484375f};
+  std::vector<float> inputs = {
+      0.f,      -0.f,         1.f,       65504.f,       65519.f,        65520.f,       1e9f,
+      -1e9f,    INFINITY,     -INFINITY, 0x1p-24f,      0x1p-25f,       0x1.8p-25f,    0x1p-26f,
+      0x1p-14f, 0x1.ffcp-15f, 6.1e-5f,   1.0009765625f, 1.00048828125f, 1.00146484375f};
   for (int i = 0; i < 2000000; ++i) inputs.push_back(Bits(rng()));  // every exponent range
   for (float f : inputs) {
     const uint16_t want = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);

@@ -24,10 +24,6 @@ std::string Image(const std::string& header, size_t data_size = 0) {
   return out + header + std::string(data_size, '\0');
 }
 
-absl::Status ParseHeader(const std::string& header, size_t data_size) {
-  return ParseSafetensorsImage(Image(header, data_size), "/m/x.safetensors").status();
-}
-
 TEST(SafetensorsTest, WriterImageParsesBack) {
   SafetensorsWriter w;
   const float v[6] = {1, 2, 3, 4, 5, 6};
@@ -110,8 +106,7 @@ TEST(SafetensorsTest, MetadataAndWhitespacePadding) {
   const std::string h =
       R"({"__metadata__": {"format": "pt", "x": "y"}, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})"
       "      ";
-  absl::StatusOr<std::vector<TensorHeaderEntry>> e =
-      ParseSafetensorsImage(Image(h, 8), "mem");
+  absl::StatusOr<std::vector<TensorHeaderEntry>> e = ParseSafetensorsImage(Image(h, 8), "mem");
   ASSERT_TRUE(e.ok()) << e.status();
   ASSERT_EQ(e->size(), 1u);
   EXPECT_EQ((*e)[0].name, "w");
@@ -131,26 +126,86 @@ TEST(SafetensorsTest, RejectsCorruptHeaders) {
       {"truncated json", R"({"w": {"dtype": "F32")", 0, kDataLoss, {"JSON"}},
       {"array", "[1, 2]", 0, kDataLoss, {"object"}},
       {"entry not object", R"({"w": 3})", 0, kDataLoss, {"'w'", "not an object"}},
-      {"missing dtype", R"({"w": {"shape": [1], "data_offsets": [0, 4]}})", 4, kDataLoss, {"'w'", "dtype"}},
-      {"missing shape", R"({"w": {"dtype": "F32", "data_offsets": [0, 4]}})", 4, kDataLoss, {"'w'", "shape"}},
-      {"missing offsets", R"({"w": {"dtype": "F32", "shape": [1]}})", 4, kDataLoss, {"'w'", "data_offsets"}},
-      {"negative dim", R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4, kDataLoss, {"'w'", "negative"}},
-      {"float dim", R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", 4, kDataLoss, {"'w'", "non-integer"}},
-      {"overflow", R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 4]}})", 4, kDataLoss, {"'w'", "overflows"}},
-      {"overflow bytes", R"({"w": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 4]}})", 4, kDataLoss, {"'w'", "overflows"}},
-      {"nbytes mismatch", R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})", 8, kDataLoss, {"'w'", "needs 8"}},
-      {"outside data", R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})", 8, kDataLoss, {"'w'", "past the data"}},
-      {"reversed", R"({"w": {"dtype": "F32", "shape": [0], "data_offsets": [4, 0]}})", 8, kDataLoss, {"'w'"}},
-      {"negative offset", R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}})", 8, kDataLoss, {"'w'", "data_offsets"}},
-      {"three offsets", R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}})", 8, kDataLoss, {"'w'"}},
+      {"missing dtype",
+       R"({"w": {"shape": [1], "data_offsets": [0, 4]}})",
+       4,
+       kDataLoss,
+       {"'w'", "dtype"}},
+      {"missing shape",
+       R"({"w": {"dtype": "F32", "data_offsets": [0, 4]}})",
+       4,
+       kDataLoss,
+       {"'w'", "shape"}},
+      {"missing offsets",
+       R"({"w": {"dtype": "F32", "shape": [1]}})",
+       4,
+       kDataLoss,
+       {"'w'", "data_offsets"}},
+      {"negative dim",
+       R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})",
+       4,
+       kDataLoss,
+       {"'w'", "negative"}},
+      {"float dim",
+       R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})",
+       4,
+       kDataLoss,
+       {"'w'", "non-integer"}},
+      {"overflow",
+       R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 4]}})",
+       4,
+       kDataLoss,
+       {"'w'", "overflows"}},
+      {"overflow bytes",
+       R"({"w": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 4]}})",
+       4,
+       kDataLoss,
+       {"'w'", "overflows"}},
+      {"nbytes mismatch",
+       R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})",
+       8,
+       kDataLoss,
+       {"'w'", "needs 8"}},
+      {"outside data",
+       R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+       8,
+       kDataLoss,
+       {"'w'", "past the data"}},
+      {"reversed",
+       R"({"w": {"dtype": "F32", "shape": [0], "data_offsets": [4, 0]}})",
+       8,
+       kDataLoss,
+       {"'w'"}},
+      {"negative offset",
+       R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}})",
+       8,
+       kDataLoss,
+       {"'w'", "data_offsets"}},
+      {"three offsets",
+       R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}})",
+       8,
+       kDataLoss,
+       {"'w'"}},
       {"overlap",
        R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
-       12, kDataLoss, {"'b'", "overlap", "'a'"}},
+       12,
+       kDataLoss,
+       {"'b'", "overlap", "'a'"}},
       {"duplicate",
        R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
-       8, kDataLoss, {"duplicate", "'a'"}},
-      {"I64", R"({"ids": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})", 8, kInvalid, {"'ids'", "I64", "unsupported"}},
-      {"unknown dtype", R"({"w": {"dtype": "Q4_K", "shape": [1], "data_offsets": [0, 1]}})", 8, kInvalid, {"'w'", "Q4_K", "unknown"}},
+       8,
+       kDataLoss,
+       {"duplicate", "'a'"}},
+      {"I64",
+       R"({"ids": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})",
+       8,
+       kInvalid,
+       {"'ids'", "I64", "unsupported"}},
+      {"unknown dtype",
+       R"({"w": {"dtype": "Q4_K", "shape": [1], "data_offsets": [0, 1]}})",
+       8,
+       kInvalid,
+       {"'w'", "Q4_K", "unknown"}},
       {"metadata type", R"({"__metadata__": 3})", 0, kDataLoss, {"__metadata__"}},
   };
   for (const Case& c : cases) {

@@ -88,7 +88,9 @@ std::vector<TinyTensor> MakeTinyTensors(const ModelConfig& c, DType dtype, DType
     out.push_back({std::move(name), small_dtype, std::move(shape), std::move(values), {}});
   };
   const int64_t H = c.hidden_size;
-  auto norm1p = [&](std::string name, int64_t n) { small(std::move(name), {n}, gen.Normal(n, 0.f, 0.1f)); };
+  auto norm1p = [&](std::string name, int64_t n) {
+    small(std::move(name), {n}, gen.Normal(n, 0.f, 0.1f));
+  };
   auto mlp = [&](const std::string& p, int64_t inter) {
     large(p + "gate_proj.weight", inter, H);
     large(p + "up_proj.weight", inter, H);
@@ -116,7 +118,8 @@ std::vector<TinyTensor> MakeTinyTensors(const ModelConfig& c, DType dtype, DType
     } else {
       const int64_t nv = c.linear_num_value_heads;
       const int64_t conv = c.linear_conv_dim();
-      large(p + "linear_attn.in_proj_qkvz.weight", 2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H);
+      large(p + "linear_attn.in_proj_qkvz.weight",
+            2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H);
       large(p + "linear_attn.in_proj_ba.weight", 2 * nv, H);
       small(p + "linear_attn.conv1d.weight", {conv, 1, c.linear_conv_kernel_dim},
             gen.Normal(conv * c.linear_conv_kernel_dim, 0.f, 0.3f));
@@ -165,10 +168,15 @@ absl::Status WriteTinyCheckpoint(const std::string& dir, const ModelConfig& conf
       MakeTinyTensors(config, options.dtype, options.small_dtype, options.seed);
   if (options.include_mtp) {
     const int64_t H = config.hidden_size;
-    tensors.push_back({"mtp.fc.weight", options.dtype, {H, 2 * H}, std::vector<float>(2 * H * H, 0.01f), {}});
-    tensors.push_back({"mtp.norm.weight", options.small_dtype, {H}, std::vector<float>(H, 0.f), {}});
-    tensors.push_back({"mtp.layers.0.input_layernorm.weight", options.small_dtype, {H},
-                       std::vector<float>(H, 0.f), {}});
+    tensors.push_back(
+        {"mtp.fc.weight", options.dtype, {H, 2 * H}, std::vector<float>(2 * H * H, 0.01f), {}});
+    tensors.push_back(
+        {"mtp.norm.weight", options.small_dtype, {H}, std::vector<float>(H, 0.f), {}});
+    tensors.push_back({"mtp.layers.0.input_layernorm.weight",
+                       options.small_dtype,
+                       {H},
+                       std::vector<float>(H, 0.f),
+                       {}});
   }
   if (options.edit) options.edit(tensors);
   std::sort(tensors.begin(), tensors.end(),

@@ -1,0 +1,90 @@
+// Passes over one logits row, written so that the compiler vectorises them (explicit lanes, no
+// early exits in the hot loops). Internal to the sampling library; sampler.cc composes them.
+//
+// "Order" below is always (logit descending, id ascending): the order top-k, top-p and the top
+// logprobs are defined in. A "cut" is a prefix of that order.
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace nextserve::sampling::internal {
+
+inline constexpr int64_t kBlock = 1024;  // tokens per partial sum (151,936 → 149 blocks)
+
+inline int64_t NumBlocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
+
+// exp(x) for x <= 0 (the argument is always (logit - max) / T). Cephes expf's range reduction and
+// polynomial with 2^n built from exponent bits: ~1 ulp, exactly 1 at 0, and 0 below -87 (where the
+// true value is < 2e-38), -inf included. Branch-free, so loops over it vectorise.
+inline float ExpNonPositive(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
+  const float n = (xc * 1.44269504088896341f + kRound) - kRound;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+struct RowMax {
+  float max;          // -inf when every entry is -inf
+  int64_t first_bad;  // first index holding NaN or +inf, or -1
+};
+RowMax MaxAndCheck(const float* x, int64_t n);
+
+// First i with x[i] == v, or -1.
+int64_t FirstEqual(const float* x, int64_t n, float v);
+
+// e[i] = ExpNonPositive((x[i] - m) * inv_t); block_sums[b] = sum of e over block b, in a fixed
+// order. Returns the sum of the block sums.
+double ExpAndBlockSums(const float* x, int64_t n, float m, float inv_t, float* e,
+                       double* block_sums);
+
+// A prefix of the order: token i (logit v) is kept iff v > x or (v == x and i <= id). {-inf, -1}
+// keeps every token with a finite logit; {x, n - 1} keeps every token with logit >= x.
+struct Cut {
+  float x;
+  int64_t id;
+  bool Keeps(float v, int64_t i) const { return v > x || (v == x && i <= id); }
+};
+inline constexpr Cut kKeepFinite = {-__builtin_inff(), -1};
+
+// Like ExpAndBlockSums' sums, over the kept tokens only.
+double CutBlockSums(const float* x, const float* e, int64_t n, Cut cut, double* block_sums);
+
+// Inverse CDF over the kept tokens in id order: the first kept i whose running weight exceeds
+// `target` (target in [0, total)). Rounding fallbacks stay on kept tokens of positive weight.
+int64_t PickInCut(const float* x, const float* e, int64_t n, Cut cut, const double* block_sums,
+                  double target);
+
+// Number of kept tokens whose logit is >= v.
+int64_t CountKeptAtLeast(const float* x, int64_t n, Cut cut, float v);
+
+// Appends every i with x[i] >= the k-th largest value (ties at the k-th included) and x[i] > -inf,
+// in no particular order. k >= 1. One pass with a size-k heap; blocks below the running threshold
+// are skipped after a vectorised test.
+void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* out);
+
+// Replaces *out with every i with x[i] >= threshold (and > -inf); returns their total weight e.
+double CollectAtLeast(const float* x, const float* e, int64_t n, float threshold,
+                      std::vector<int32_t>* out);
+
+// Sorts ids into the order.
+void SortInOrder(const float* x, std::span<int32_t> ids);
+
+// Rearranges c (a prefix of the order) so that its first K entries are the shortest prefix of the
+// order whose weight reaches `mass`, the K-th being its last; returns K (c.size() when all of c
+// falls short). Weighted quickselect: expected O(|c|), no full sort.
+size_t PrefixReaching(const float* x, const float* e, std::span<int32_t> c, double mass);
+
+}  // namespace nextserve::sampling::internal
