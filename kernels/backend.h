@@ -40,6 +40,14 @@ struct DeltaNetShape {
   int64_t conv_dim() const { return 2 * key_dim() + value_dim(); }
 };
 
+// One sequence's keys and values in fixed-size blocks: key j is row j % block_size of
+// k_blocks[j / block_size]; rows are [kv_heads * head_dim].
+struct PagedKv {
+  const float* const* k_blocks = nullptr;
+  const float* const* v_blocks = nullptr;
+  int64_t block_size = 0;
+};
+
 struct AttentionShape {
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
   float rope_theta;
@@ -78,11 +86,10 @@ class Backend {
   virtual void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos,
                              const AttentionShape& s, const float* q_norm, const float* k_norm,
                              float eps, float* q, float* gate) = 0;
-  // Causal attention of t new queries (positions past .. past + t - 1) against keys/values
-  // [past + t, kv_heads, head_dim] (the cache, already holding the new ones). out: [t, heads*head_dim],
-  // then out *= sigmoid(gate).
-  virtual void Attention(const float* q, const float* k_cache, const float* v_cache, int64_t t,
-                         int64_t past, const AttentionShape& s, const float* gate, float* out) = 0;
+  // Causal attention of t new queries (positions past .. past + t - 1) against the paged cache,
+  // which already holds their keys and values. out: [t, heads*head_dim], then out *= sigmoid(gate).
+  virtual void Attention(const float* q, const PagedKv& kv, int64_t t, int64_t past,
+                         const AttentionShape& s, const float* gate, float* out) = 0;
 
   // ---- Gated DeltaNet
   // Splits in_proj_qkvz [t, ·] and in_proj_ba [t, 2*nv] outputs from their per-key-head grouped

@@ -31,27 +31,6 @@ class ScopedTimer {
 
 }  // namespace
 
-SequenceState::SequenceState(const ModelConfig& c)
-    : keys(c.num_hidden_layers),
-      values(c.num_hidden_layers),
-      conv_window(c.num_hidden_layers),
-      recurrent(c.num_hidden_layers) {
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (c.is_full_attention(l)) continue;
-    conv_window[l].assign((c.linear_conv_kernel_dim - 1) * c.linear_conv_dim(), 0.0f);
-    recurrent[l].assign(c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim,
-                        0.0f);
-  }
-}
-
-size_t SequenceState::bytes() const {
-  size_t n = 0;
-  for (const auto* group : {&keys, &values, &conv_window, &recurrent}) {
-    for (const auto& v : *group) n += v.capacity() * sizeof(float);
-  }
-  return n;
-}
-
 // Scratch and bookkeeping of one Forward call.
 struct Qwen3NextModel::Step {
   std::span<const SequenceInput> batch;
@@ -62,11 +41,16 @@ struct Qwen3NextModel::Step {
 };
 
 Qwen3NextModel::Qwen3NextModel(std::shared_ptr<const ModelWeights> weights,
-                               kernels::Backend* backend)
-    : weights_(std::move(weights)), backend_(backend) {}
+                               kernels::Backend* backend, CacheLimits cache_limits)
+    : weights_(std::move(weights)), backend_(backend), pool_(weights_->config(), cache_limits) {
+  int64_t attention = 0, linear = 0;
+  for (int64_t l = 0; l < config().num_hidden_layers; ++l) {
+    kind_index_.push_back(config().is_full_attention(l) ? attention++ : linear++);
+  }
+}
 
-std::unique_ptr<SequenceState> Qwen3NextModel::NewSequence() const {
-  return std::make_unique<SequenceState>(config());
+std::unique_ptr<SequenceState> Qwen3NextModel::NewSequence() {
+  return std::make_unique<SequenceState>(&pool_);
 }
 
 absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const SequenceInput> batch,
@@ -85,7 +69,9 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
   int64_t logit_rows = 0;
   for (size_t s = 0; s < batch.size(); ++s) {
     const SequenceInput& in = batch[s];
-    if (in.state == nullptr) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no state"));
+    if (in.state == nullptr || in.state->pool() != &pool_) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no state from this model"));
+    }
     if (in.tokens.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no tokens to process"));
     }
@@ -99,6 +85,11 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
     step.offset.push_back(static_cast<int64_t>(ids.size()));
     ids.insert(ids.end(), in.tokens.begin(), in.tokens.end());
     logit_rows += in.all_logits ? static_cast<int64_t>(in.tokens.size()) : 1;
+  }
+  for (size_t s = 0; s < batch.size(); ++s) {
+    if (auto st = batch[s].state->Reserve(static_cast<int64_t>(batch[s].tokens.size())); !st.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat("sequence ", s, ": ", st.message()));
+    }
   }
   step.rows = static_cast<int64_t>(ids.size());
   const int64_t n = step.rows, hidden = c.hidden_size;
@@ -129,7 +120,7 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
     backend_->Add(mixed.data(), n * hidden, x.data());
   }
   for (size_t s = 0; s < batch.size(); ++s) {
-    batch[s].state->num_tokens_ += static_cast<int64_t>(batch[s].tokens.size());
+    batch[s].state->Advance(static_cast<int64_t>(batch[s].tokens.size()));
   }
 
   // Final norm and lm_head only on the rows that produce logits.
@@ -162,19 +153,30 @@ void Qwen3NextModel::AttentionLayer(int64_t layer, Step& step, const float* h, f
   backend_->Linear(h, n, M(w.q_proj), qg.data());
   backend_->Linear(h, n, M(w.k_proj), k.data());
   backend_->Linear(h, n, M(w.v_proj), v.data());
+  const int64_t bs = pool_.block_size(), index = kind_index_[layer];
+  std::vector<const float*> k_blocks, v_blocks;
   for (size_t s = 0; s < step.batch.size(); ++s) {
     SequenceState& st = *step.batch[s].state;
     const int64_t t = static_cast<int64_t>(step.batch[s].tokens.size()), row = step.offset[s],
-                  past = st.num_tokens_;
+                  past = st.num_tokens();
     backend_->AttentionPrep(qg.data() + row * 2 * heads * d, k.data() + row * kv_width, t, past,
                             shape, w.q_norm.f32(), w.k_norm.f32(), c.rms_norm_eps,
                             q.data() + row * heads * d, gate.data() + row * heads * d);
-    auto& keys = st.keys[layer];
-    auto& values = st.values[layer];
-    keys.insert(keys.end(), k.begin() + row * kv_width, k.begin() + (row + t) * kv_width);
-    values.insert(values.end(), v.begin() + row * kv_width, v.begin() + (row + t) * kv_width);
-    backend_->Attention(q.data() + row * heads * d, keys.data(), values.data(), t, past, shape,
-                        gate.data() + row * heads * d, attn.data() + row * heads * d);
+    // Append the new keys and values to the sequence's blocks (reserved by Forward).
+    for (int64_t i = 0; i < t; ++i) {
+      const int64_t pos = past + i;
+      const int32_t block = st.blocks()[pos / bs];
+      std::copy_n(k.data() + (row + i) * kv_width, kv_width, pool_.Keys(index, block) + (pos % bs) * kv_width);
+      std::copy_n(v.data() + (row + i) * kv_width, kv_width, pool_.Values(index, block) + (pos % bs) * kv_width);
+    }
+    k_blocks.clear();
+    v_blocks.clear();
+    for (int32_t block : st.blocks()) {
+      k_blocks.push_back(pool_.Keys(index, block));
+      v_blocks.push_back(pool_.Values(index, block));
+    }
+    backend_->Attention(q.data() + row * heads * d, kernels::PagedKv{k_blocks.data(), v_blocks.data(), bs},
+                        t, past, shape, gate.data() + row * heads * d, attn.data() + row * heads * d);
   }
   backend_->Linear(attn.data(), n, M(w.o_proj), out);
 }
@@ -199,10 +201,10 @@ void Qwen3NextModel::DeltaNetLayer(int64_t layer, Step& step, const float* h, fl
     SequenceState& st = *step.batch[s].state;
     const int64_t t = static_cast<int64_t>(step.batch[s].tokens.size()), row = step.offset[s];
     backend_->CausalConvSilu(mixed.data() + row * cd, t, cd, shape.conv_kernel, w.conv1d.f32(),
-                             st.conv_window[layer].data(), conv.data() + row * cd);
+                             pool_.ConvWindow(kind_index_[layer], st.slot()), conv.data() + row * cd);
     // Prompts (and prompt chunks) use the chunked form; single decode tokens the recurrence.
     backend_->DeltaRule(conv.data() + row * cd, g.data() + row * nv, beta.data() + row * nv, t,
-                        shape, st.recurrent[layer].data(), core.data() + row * vd,
+                        shape, pool_.Recurrent(kind_index_[layer], st.slot()), core.data() + row * vd,
                         /*chunked=*/t > 1);
   }
   backend_->RmsNormGated(core.data(), z.data(), n * nv, shape.value_head_dim, w.norm.f32(),

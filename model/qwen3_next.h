@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
-#include "model/sequence_state.h"
+#include "model/cache_pool.h"
 #include "model/weights.h"
 
 namespace nextserve {
@@ -28,13 +28,18 @@ struct ForwardProfile {
 
 class Qwen3NextModel {
  public:
-  Qwen3NextModel(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend);
+  Qwen3NextModel(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend,
+                 CacheLimits cache_limits = {});
 
   const ModelConfig& config() const { return weights_->config(); }
-  std::unique_ptr<SequenceState> NewSequence() const;
+  const ModelWeights& weights() const { return *weights_; }
+  CachePool& cache_pool() { return pool_; }
+  // A new, empty sequence whose cache lives in this model's pool.
+  std::unique_ptr<SequenceState> NewSequence();
 
   // Runs one step over the batch and returns logits [rows, vocab]: for each input in order, one row
-  // per new token (all_logits) or one row for its last token. Validates token ids and emptiness.
+  // per new token (all_logits) or one row for its last token. Validates token ids and emptiness and
+  // reserves cache room (ResourceExhausted when the pool is full); on error no sequence advances.
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceInput> batch,
                                              ForwardProfile* profile = nullptr);
 
@@ -47,6 +52,8 @@ class Qwen3NextModel {
 
   std::shared_ptr<const ModelWeights> weights_;
   kernels::Backend* backend_;
+  CachePool pool_;
+  std::vector<int64_t> kind_index_;  // layer -> index among layers of its kind (pool addressing)
 };
 
 }  // namespace nextserve

@@ -12,6 +12,11 @@
 namespace nextserve {
 namespace {
 
+#define NS_RETURN_IF_ERROR(expr)                          \
+  do {                                                    \
+    if (absl::Status _st = (expr); !_st.ok()) return _st; \
+  } while (0)
+
 // absl here is built with its own string_view, which std::string_view does not convert to.
 absl::string_view AV(std::string_view s) {
   return absl::string_view(s.data(), s.size());
@@ -50,8 +55,8 @@ class WeightBinder {
     }
     const int64_t H = c_.hidden_size;
     const int64_t V = c_.vocab_size;
-    if (auto s = Large("model.embed_tokens.weight", V, H, &w_->embed_tokens); !s.ok()) return s;
-    if (auto s = Small("model.norm.weight", {H}, 1, H, &w_->final_norm); !s.ok()) return s;
+    NS_RETURN_IF_ERROR(Large("model.embed_tokens.weight", V, H, &w_->embed_tokens));
+    NS_RETURN_IF_ERROR(Small("model.norm.weight", {H}, 1, H, &w_->final_norm));
     if (c_.tie_word_embeddings) {
       w_->lm_head = w_->embed_tokens;
     } else if (auto s = Large("lm_head.weight", V, H, &w_->lm_head); !s.ok()) {
@@ -59,7 +64,7 @@ class WeightBinder {
     }
     w_->layers.resize(c_.num_hidden_layers);
     for (int64_t i = 0; i < c_.num_hidden_layers; ++i) {
-      if (auto s = Layer(i, &w_->layers[i]); !s.ok()) return s;
+      NS_RETURN_IF_ERROR(Layer(i, &w_->layers[i]));
     }
     for (const auto& file : ckpt_.files()) {
       for (const TensorInfo& t : file->tensors()) {
@@ -149,9 +154,8 @@ class WeightBinder {
 
   absl::Status Mlp(const std::string& prefix, int64_t inter, MlpWeights* out, bool bind = true) {
     const int64_t H = c_.hidden_size;
-    if (auto s = Large(prefix + "gate_proj.weight", inter, H, &out->gate_proj, bind); !s.ok())
-      return s;
-    if (auto s = Large(prefix + "up_proj.weight", inter, H, &out->up_proj, bind); !s.ok()) return s;
+    NS_RETURN_IF_ERROR(Large(prefix + "gate_proj.weight", inter, H, &out->gate_proj, bind));
+    NS_RETURN_IF_ERROR(Large(prefix + "up_proj.weight", inter, H, &out->up_proj, bind));
     return Large(prefix + "down_proj.weight", H, inter, &out->down_proj, bind);
   }
 
@@ -159,12 +163,9 @@ class WeightBinder {
     const int64_t H = c_.hidden_size;
     const std::string p = absl::StrCat("model.layers.", i, ".");
     L->type = c_.layer_types[i];
-    if (auto s = Small(p + "input_layernorm.weight", {H}, 1, H, &L->input_layernorm); !s.ok())
-      return s;
-    if (auto s =
-            Small(p + "post_attention_layernorm.weight", {H}, 1, H, &L->post_attention_layernorm);
-        !s.ok())
-      return s;
+    NS_RETURN_IF_ERROR(Small(p + "input_layernorm.weight", {H}, 1, H, &L->input_layernorm));
+    NS_RETURN_IF_ERROR(
+        Small(p + "post_attention_layernorm.weight", {H}, 1, H, &L->post_attention_layernorm));
 
     if (c_.is_full_attention(i)) {
       const std::string a = p + "self_attn.";
@@ -172,12 +173,12 @@ class WeightBinder {
       const int64_t q = c_.num_attention_heads * hd;
       const int64_t kv = c_.num_key_value_heads * hd;
       AttentionWeights& w = L->attention;
-      if (auto s = Large(a + "q_proj.weight", 2 * q, H, &w.q_proj); !s.ok()) return s;
-      if (auto s = Large(a + "k_proj.weight", kv, H, &w.k_proj); !s.ok()) return s;
-      if (auto s = Large(a + "v_proj.weight", kv, H, &w.v_proj); !s.ok()) return s;
-      if (auto s = Large(a + "o_proj.weight", H, q, &w.o_proj); !s.ok()) return s;
-      if (auto s = Small(a + "q_norm.weight", {hd}, 1, hd, &w.q_norm); !s.ok()) return s;
-      if (auto s = Small(a + "k_norm.weight", {hd}, 1, hd, &w.k_norm); !s.ok()) return s;
+      NS_RETURN_IF_ERROR(Large(a + "q_proj.weight", 2 * q, H, &w.q_proj));
+      NS_RETURN_IF_ERROR(Large(a + "k_proj.weight", kv, H, &w.k_proj));
+      NS_RETURN_IF_ERROR(Large(a + "v_proj.weight", kv, H, &w.v_proj));
+      NS_RETURN_IF_ERROR(Large(a + "o_proj.weight", H, q, &w.o_proj));
+      NS_RETURN_IF_ERROR(Small(a + "q_norm.weight", {hd}, 1, hd, &w.q_norm));
+      NS_RETURN_IF_ERROR(Small(a + "k_norm.weight", {hd}, 1, hd, &w.k_norm));
     } else {
       const std::string a = p + "linear_attn.";
       const int64_t kd = c_.linear_key_dim();
@@ -187,31 +188,27 @@ class WeightBinder {
       const int64_t kernel = c_.linear_conv_kernel_dim;
       const int64_t dv = c_.linear_value_head_dim;
       DeltaNetWeights& w = L->delta_net;
-      if (auto s = Large(a + "in_proj_qkvz.weight", 2 * kd + 2 * vd, H, &w.in_proj_qkvz); !s.ok())
-        return s;
-      if (auto s = Large(a + "in_proj_ba.weight", 2 * nv, H, &w.in_proj_ba); !s.ok()) return s;
-      if (auto s = Small(a + "conv1d.weight", {conv, 1, kernel}, conv, kernel, &w.conv1d); !s.ok())
-        return s;
-      if (auto s = Small(a + "dt_bias", {nv}, 1, nv, &w.dt_bias); !s.ok()) return s;
-      if (auto s = Small(a + "A_log", {nv}, 1, nv, &w.A_log); !s.ok()) return s;
-      if (auto s = Small(a + "norm.weight", {dv}, 1, dv, &w.norm); !s.ok()) return s;
-      if (auto s = Large(a + "out_proj.weight", H, vd, &w.out_proj); !s.ok()) return s;
+      NS_RETURN_IF_ERROR(Large(a + "in_proj_qkvz.weight", 2 * kd + 2 * vd, H, &w.in_proj_qkvz));
+      NS_RETURN_IF_ERROR(Large(a + "in_proj_ba.weight", 2 * nv, H, &w.in_proj_ba));
+      NS_RETURN_IF_ERROR(Small(a + "conv1d.weight", {conv, 1, kernel}, conv, kernel, &w.conv1d));
+      NS_RETURN_IF_ERROR(Small(a + "dt_bias", {nv}, 1, nv, &w.dt_bias));
+      NS_RETURN_IF_ERROR(Small(a + "A_log", {nv}, 1, nv, &w.A_log));
+      NS_RETURN_IF_ERROR(Small(a + "norm.weight", {dv}, 1, dv, &w.norm));
+      NS_RETURN_IF_ERROR(Large(a + "out_proj.weight", H, vd, &w.out_proj));
     }
 
     L->is_moe = c_.is_moe_layer(i);
     const std::string m = p + "mlp.";
     if (!L->is_moe) return Mlp(m, c_.intermediate_size, &L->mlp);
     MoeWeights& moe = L->moe;
-    if (auto s = Large(m + "gate.weight", c_.num_experts, H, &moe.router); !s.ok()) return s;
+    NS_RETURN_IF_ERROR(Large(m + "gate.weight", c_.num_experts, H, &moe.router));
     moe.experts.resize(c_.num_experts);
     for (int64_t e = 0; e < c_.num_experts; ++e) {
       const std::string ep = absl::StrCat(m, "experts.", e, ".");
-      if (auto s = Mlp(ep, c_.moe_intermediate_size, &moe.experts[e], w_->owns_expert[e]); !s.ok())
-        return s;
+      NS_RETURN_IF_ERROR(Mlp(ep, c_.moe_intermediate_size, &moe.experts[e], w_->owns_expert[e]));
     }
-    if (auto s = Mlp(m + "shared_expert.", c_.shared_expert_intermediate_size, &moe.shared_expert);
-        !s.ok())
-      return s;
+    NS_RETURN_IF_ERROR(
+        Mlp(m + "shared_expert.", c_.shared_expert_intermediate_size, &moe.shared_expert));
     return Large(m + "shared_expert_gate.weight", 1, H, &moe.shared_expert_gate);
   }
 

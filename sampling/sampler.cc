@@ -7,6 +7,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "sampling/philox.h"
 #include "sampling/row_ops.h"
 

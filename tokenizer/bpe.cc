@@ -52,7 +52,7 @@ void BpeModel::InitialSymbols(std::string_view piece, std::vector<int32_t>* ids)
 void BpeModel::Encode(std::string_view piece, std::vector<int32_t>* out, Algorithm algorithm) const {
   if (piece.empty()) return;
   if (ignore_merges_) {
-    if (auto it = whole_tokens_.find(piece); it != whole_tokens_.end()) {
+    if (auto it = whole_tokens_.find(absl::string_view(piece.data(), piece.size())); it != whole_tokens_.end()) {
       out->push_back(it->second);
       return;
     }

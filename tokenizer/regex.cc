@@ -8,6 +8,9 @@
 namespace nextserve::tokenizer {
 namespace {
 
+// Debian's Abseil has its own string_view type.
+absl::string_view AV(std::string_view s) { return {s.data(), s.size()}; }
+
 std::string Pcre2Message(int code) {
   PCRE2_UCHAR buf[256];
   pcre2_get_error_message(code, buf, sizeof(buf));
@@ -50,7 +53,7 @@ absl::StatusOr<Regex> Regex::Compile(std::string_view pattern, std::string_view 
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
                                    PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
   if (code == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": split regex does not compile at offset ",
+    return absl::InvalidArgumentError(absl::StrCat(AV(source), ": split regex does not compile at offset ",
                                                    offset, ": ", Pcre2Message(error)));
   }
   Regex regex;

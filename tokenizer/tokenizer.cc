@@ -150,7 +150,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Build(Spec spec, const Tok
 }
 
 std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {
-  auto it = spelling_to_id_.find(token);
+  auto it = spelling_to_id_.find(absl::string_view(token.data(), token.size()));
   if (it == spelling_to_id_.end()) return std::nullopt;
   return it->second;
 }
@@ -176,7 +176,7 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out) c
     return;
   }
   PieceCache& cache = ThreadCache(cache_owner_);
-  if (auto it = cache.entries.find(piece); it != cache.entries.end()) {
+  if (auto it = cache.entries.find(absl::string_view(piece.data(), piece.size())); it != cache.entries.end()) {
     const auto [offset, count] = it->second;
     out->insert(out->end(), cache.ids.begin() + offset, cache.ids.begin() + offset + count);
     return;
@@ -185,7 +185,7 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out) c
   bpe_->Encode(piece, out);
   const auto offset = static_cast<uint32_t>(cache.ids.size());
   cache.ids.insert(cache.ids.end(), out->begin() + before, out->end());
-  cache.entries.emplace(piece, std::make_pair(offset, static_cast<uint32_t>(out->size() - before)));
+  cache.entries.emplace(std::string(piece), std::make_pair(offset, static_cast<uint32_t>(out->size() - before)));
 }
 
 absl::Status Tokenizer::EncodeText(std::string_view text, std::vector<int32_t>* out) const {

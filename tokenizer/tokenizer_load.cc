@@ -13,6 +13,9 @@ namespace {
 
 using json = nlohmann::json;
 
+// Debian's Abseil has its own string_view type.
+absl::string_view AV(std::string_view s) { return {s.data(), s.size()}; }
+
 // Qwen2Tokenizer's split regex; the slow files (vocab.json + merges.txt) do not carry one.
 constexpr std::string_view kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
@@ -41,11 +44,11 @@ bool FileExists(const std::string& path) { return std::ifstream(path).good(); }
 
 absl::Status Unsupported(const std::string& source, std::string_view field, const json& value) {
   return absl::UnimplementedError(
-      absl::StrCat(source, ": ", field, " = ", value.dump(), " is not supported by this tokenizer"));
+      absl::StrCat(source, ": ", AV(field), " = ", value.dump(), " is not supported by this tokenizer"));
 }
 
 absl::Status BadField(const std::string& source, std::string_view field, std::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(source, ": field '", field, "' ", what));
+  return absl::InvalidArgumentError(absl::StrCat(source, ": field '", AV(field), "' ", AV(what)));
 }
 
 bool IsNullOrEmpty(const json& j) { return j.is_null() || (j.is_string() && j.get<std::string>().empty()); }

@@ -61,27 +61,32 @@ void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, cons
   }
 }
 
-void Attention(const float* q, const float* k_cache, const float* v_cache, int64_t t, int64_t past,
-               const AttentionShape& s, const float* gate, float* out) {
-  const int64_t d = s.head_dim, group = s.num_heads / s.num_kv_heads;
+// Per (head, block of queries): scores = Q Kᵀ block by block into one row-major buffer, causal
+// softmax per row, then O = Σ_blocks P_block V_block — all products through sgemm.
+void Attention(const float* q, const PagedKv& kv, int64_t t, int64_t past, const AttentionShape& s,
+               const float* gate, float* out) {
+  const int64_t d = s.head_dim, group = s.num_heads / s.num_kv_heads, bs = kv.block_size;
   const int64_t q_stride = s.num_heads * d, kv_stride = s.num_kv_heads * d;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  constexpr int64_t kBlock = 64;  // queries per task: bounds the score buffer to kBlock x keys
-  const int64_t blocks = (t + kBlock - 1) / kBlock;
+  constexpr int64_t kQueries = 64;  // queries per task: bounds the score buffer to 64 x keys
+  const int64_t tasks = (t + kQueries - 1) / kQueries;
 #pragma omp parallel
   {
     std::vector<float> scores;
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t h = 0; h < s.num_heads; ++h) {
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t i0 = blk * kBlock, rows = std::min(kBlock, t - i0);
-        const int64_t keys = past + i0 + rows;  // causal: the block sees keys [0, keys)
+      for (int64_t task = 0; task < tasks; ++task) {
+        const int64_t i0 = task * kQueries, rows = std::min(kQueries, t - i0);
+        const int64_t keys = past + i0 + rows;  // causal: this block of queries sees keys [0, keys)
+        const int64_t head_offset = (h / group) * d;
         const float* Q = q + i0 * q_stride + h * d;
-        const float* K = k_cache + (h / group) * d;
-        const float* V = v_cache + (h / group) * d;
         float* O = out + i0 * q_stride + h * d;
         scores.resize(static_cast<size_t>(rows * keys));
-        dnnl_sgemm('N', 'T', rows, keys, d, scale, Q, q_stride, K, kv_stride, 0.0f, scores.data(), keys);
+        for (int64_t j0 = 0; j0 < keys; j0 += bs) {
+          const int64_t n = std::min(bs, keys - j0);
+          dnnl_sgemm('N', 'T', rows, n, d, scale, Q, q_stride, kv.k_blocks[j0 / bs] + head_offset,
+                     kv_stride, 0.0f, scores.data() + j0, keys);
+        }
         for (int64_t r = 0; r < rows; ++r) {
           float* p = scores.data() + r * keys;
           const int64_t visible = past + i0 + r + 1;
@@ -92,7 +97,11 @@ void Attention(const float* q, const float* k_cache, const float* v_cache, int64
           for (int64_t j = 0; j < visible; ++j) p[j] *= inv;
           for (int64_t j = visible; j < keys; ++j) p[j] = 0.0f;
         }
-        dnnl_sgemm('N', 'N', rows, d, keys, 1.0f, scores.data(), keys, V, kv_stride, 0.0f, O, q_stride);
+        for (int64_t j0 = 0; j0 < keys; j0 += bs) {
+          const int64_t n = std::min(bs, keys - j0);
+          dnnl_sgemm('N', 'N', rows, d, n, 1.0f, scores.data() + j0, keys,
+                     kv.v_blocks[j0 / bs] + head_offset, kv_stride, j0 == 0 ? 0.0f : 1.0f, O, q_stride);
+        }
         for (int64_t r = 0; r < rows; ++r) {
           const float* gh = gate + (i0 + r) * q_stride + h * d;
           float* o = O + r * q_stride;

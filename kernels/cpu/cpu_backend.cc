@@ -86,9 +86,9 @@ class CpuBackend final : public Backend {
                      float* q, float* gate) override {
     cpu::AttentionPrep(qg, k, t, first_pos, s, q_norm, k_norm, eps, q, gate);
   }
-  void Attention(const float* q, const float* k_cache, const float* v_cache, int64_t t,
-                 int64_t past, const AttentionShape& s, const float* gate, float* out) override {
-    cpu::Attention(q, k_cache, v_cache, t, past, s, gate, out);
+  void Attention(const float* q, const PagedKv& kv, int64_t t, int64_t past,
+                 const AttentionShape& s, const float* gate, float* out) override {
+    cpu::Attention(q, kv, t, past, s, gate, out);
   }
 
   void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNetShape& s,

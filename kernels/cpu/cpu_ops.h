@@ -15,8 +15,8 @@ void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accum
 
 void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, const AttentionShape& s,
                    const float* q_norm, const float* k_norm, float eps, float* q, float* gate);
-void Attention(const float* q, const float* k_cache, const float* v_cache, int64_t t, int64_t past,
-               const AttentionShape& s, const float* gate, float* out);
+void Attention(const float* q, const PagedKv& kv, int64_t t, int64_t past, const AttentionShape& s,
+               const float* gate, float* out);
 
 void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNetShape& s,
                    float* mixed_qkv, float* z, float* b, float* a);

@@ -195,7 +195,20 @@ TEST(Attention, MatchesNaiveSoftmaxWithPast) {
   const auto q = Random(t * 4 * 8, 5), k = Random(len * 2 * 8, 6), v = Random(len * 2 * 8, 7),
              gate = Random(t * 4 * 8, 8);
   std::vector<float> out(t * 4 * 8);
-  cpu::Attention(q.data(), k.data(), v.data(), t, past, s, gate.data(), out.data());
+  // Blocks of 3 rows, laid out in shuffled order to prove the block table is followed.
+  const int64_t bs = 3, nblocks = (len + bs - 1) / bs;
+  std::vector<float> kpool(nblocks * bs * 16), vpool(kpool.size());
+  std::vector<const float*> kb(nblocks), vb(nblocks);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t phys = (b * 2 + 1) % nblocks;  // a permutation for nblocks = 3
+    kb[b] = kpool.data() + phys * bs * 16;
+    vb[b] = vpool.data() + phys * bs * 16;
+    for (int64_t r = 0; r < bs && b * bs + r < len; ++r) {
+      std::copy_n(k.data() + (b * bs + r) * 16, 16, const_cast<float*>(kb[b]) + r * 16);
+      std::copy_n(v.data() + (b * bs + r) * 16, 16, const_cast<float*>(vb[b]) + r * 16);
+    }
+  }
+  cpu::Attention(q.data(), PagedKv{kb.data(), vb.data(), bs}, t, past, s, gate.data(), out.data());
   for (int64_t i = 0; i < t; ++i) {
     for (int64_t h = 0; h < 4; ++h) {
       const int64_t kvh = h / 2, visible = past + i + 1;
