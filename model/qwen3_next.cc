@@ -84,7 +84,7 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
     }
     step.offset.push_back(static_cast<int64_t>(ids.size()));
     ids.insert(ids.end(), in.tokens.begin(), in.tokens.end());
-    logit_rows += in.all_logits ? static_cast<int64_t>(in.tokens.size()) : 1;
+    logit_rows += in.no_logits ? 0 : in.all_logits ? static_cast<int64_t>(in.tokens.size()) : 1;
   }
   for (size_t s = 0; s < batch.size(); ++s) {
     if (auto st = batch[s].state->Reserve(static_cast<int64_t>(batch[s].tokens.size())); !st.ok()) {
@@ -128,6 +128,7 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
   std::vector<int32_t> rows;
   for (size_t s = 0; s < batch.size(); ++s) {
     const int64_t len = static_cast<int64_t>(batch[s].tokens.size());
+    if (batch[s].no_logits) continue;
     for (int64_t i = batch[s].all_logits ? 0 : len - 1; i < len; ++i) {
       rows.push_back(static_cast<int32_t>(step.offset[s] + i));
     }

@@ -19,6 +19,7 @@ struct SequenceInput {
   SequenceState* state = nullptr;
   std::span<const int32_t> tokens;
   bool all_logits = false;  // logits for every new token, else only for the last one
+  bool no_logits = false;   // none at all (a prompt chunk that is not the last)
 };
 
 // Timings of the parts of one forward call, for benchmarks (seconds, summed over layers).
@@ -38,7 +39,7 @@ class Qwen3NextModel {
   std::unique_ptr<SequenceState> NewSequence();
 
   // Runs one step over the batch and returns logits [rows, vocab]: for each input in order, one row
-  // per new token (all_logits) or one row for its last token. Validates token ids and emptiness and
+  // per new token (all_logits), none (no_logits) or one row for its last token. Validates token ids and emptiness and
   // reserves cache room (ResourceExhausted when the pool is full); on error no sequence advances.
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceInput> batch,
                                              ForwardProfile* profile = nullptr);

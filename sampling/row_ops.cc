@@ -1,6 +1,7 @@
 #include "sampling/row_ops.h"
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <limits>
 
@@ -38,22 +39,25 @@ bool AnyAtLeast(const float* x, int64_t lo, float t) {
 }  // namespace
 
 RowMax MaxAndCheck(const float* x, int64_t n) {
-  float acc[kLanes];
-  int bad[kLanes] = {};
-  std::fill(acc, acc + kLanes, -kInf);
+  // GCC/Clang vector extensions: the compiler will not turn a float max reduction into vector
+  // code by itself (it may not reorder it), so the eight lanes are written out.
+  typedef float V8f __attribute__((vector_size(32)));
+  typedef int32_t V8i __attribute__((vector_size(32)));
+  V8f acc = {-kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf};
+  const V8f inf = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
+  V8i good = {-1, -1, -1, -1, -1, -1, -1, -1};  // lanes whose values were all < +inf so far
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float v = x[i + j];
-      acc[j] = v > acc[j] ? v : acc[j];
-      bad[j] |= !(v < kInf);  // NaN or +inf
-    }
+    V8f v;
+    std::memcpy(&v, x + i, sizeof(v));
+    acc = v > acc ? v : acc;
+    good &= v < inf;  // false for NaN and +inf
   }
   float m = -kInf;
-  int any_bad = 0;
+  bool any_bad = false;
   for (int j = 0; j < kLanes; ++j) {
     m = acc[j] > m ? acc[j] : m;
-    any_bad |= bad[j];
+    any_bad |= good[j] == 0;
   }
   for (; i < n; ++i) {
     m = x[i] > m ? x[i] : m;
@@ -135,7 +139,9 @@ int64_t PickInCut(const float* x, const float* e, int64_t n, Cut cut, const doub
 
 int64_t CountKeptAtLeast(const float* x, int64_t n, Cut cut, float v) {
   int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) count += (x[i] >= v) & cut.Keeps(x[i], i);
+  for (int64_t i = 0; i < n; ++i) {  // Keeps() without short-circuits, so it vectorises
+    count += (x[i] >= v) & ((x[i] > cut.x) | ((x[i] == cut.x) & (i <= cut.id)));
+  }
   return count;
 }
 

@@ -117,11 +117,15 @@ absl::StatusOr<Sampler::Step> Sampler::Prepare(std::span<const float> logits,
   const bool repeat = p.repetition_penalty != 1.0f && !seen_.empty();
   const bool counted = (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && !counts_.empty();
   const float* w = logits.data();
+  int64_t masked_bad = -1;  // a NaN/+inf that the min_tokens mask would hide
   if (mask || repeat || counted || !p.logit_bias.empty()) {
     s.w.assign(logits.begin(), logits.end());
     float* v = s.w.data();
     if (mask) {
-      for (int32_t t : stop_ids_) v[t] = -kInf;
+      for (int32_t t : stop_ids_) {
+        if (!(v[t] < kInf)) masked_bad = masked_bad < 0 ? t : std::min<int64_t>(masked_bad, t);
+        v[t] = -kInf;
+      }
     }
     for (const auto& [t, bias] : p.logit_bias) v[t] += bias;
     if (repeat) {
@@ -138,10 +142,12 @@ absl::StatusOr<Sampler::Step> Sampler::Prepare(std::span<const float> logits,
   }
 
   const internal::RowMax row = internal::MaxAndCheck(w, n);
-  if (row.first_bad >= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("sampler: logits[", row.first_bad, "] is ",
-                                                   logits[row.first_bad],
-                                                   "; NaN and +inf are not allowed"));
+  if (row.first_bad >= 0 || masked_bad >= 0) {
+    const int64_t bad = row.first_bad < 0    ? masked_bad
+                        : masked_bad < 0     ? row.first_bad
+                                             : std::min(row.first_bad, masked_bad);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sampler: logits[", bad, "] is ", logits[bad], "; NaN and +inf are not allowed"));
   }
   if (row.max == -kInf) {
     return absl::InvalidArgumentError(

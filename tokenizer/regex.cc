@@ -43,14 +43,59 @@ ThreadMatchState& MatchState() {
   return state;
 }
 
+// Oniguruma (HF tokenizers' regex engine) reads \s as Unicode White_Space; PCRE2 with UCP
+// adds U+180E MONGOLIAN VOWEL SEPARATOR (in its \h list, no longer a space since Unicode 6.3),
+// which splits "-\u180e'" differently. So \s and \S are spelled out as White_Space itself.
+constexpr std::string_view kWhiteSpace =
+    "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"
+    "\\x{205F}\\x{3000}";
+
+absl::StatusOr<std::string> TranslateOnigPattern(std::string_view pattern, std::string_view source) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 's') {
+        out += in_class ? std::string(kWhiteSpace) : absl::StrCat("[", AV(kWhiteSpace), "]");
+      } else if (e == 'S') {
+        if (in_class) {
+          return absl::UnimplementedError(absl::StrCat(AV(source), ": \\S inside a character class"));
+        }
+        out += absl::StrCat("[^", AV(kWhiteSpace), "]");
+      } else if (e == 'Q') {
+        return absl::UnimplementedError(absl::StrCat(AV(source), ": \\Q in the split regex"));
+      } else {
+        out += c;
+        out += e;
+      }
+      continue;
+    }
+    if (c == '[' && !in_class) {
+      in_class = true;
+      out += c;
+      // A ']' right after '[' or '[^' is a literal.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];
+      continue;
+    }
+    if (c == ']' && in_class) in_class = false;
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace
 
 void Regex::CodeDeleter::operator()(pcre2_real_code_8* code) const { pcre2_code_free(code); }
 
 absl::StatusOr<Regex> Regex::Compile(std::string_view pattern, std::string_view source) {
+  absl::StatusOr<std::string> translated = TranslateOnigPattern(pattern, source);
+  if (!translated.ok()) return translated.status();
   int error = 0;
   PCRE2_SIZE offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated->data()), translated->size(),
                                    PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
   if (code == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(AV(source), ": split regex does not compile at offset ",

@@ -1,6 +1,6 @@
 // Reading tokenizer.json, vocab.json + merges.txt and tokenizer_config.json into a Tokenizer.
 #include <algorithm>
-#include <atomic>
+#include <cctype>
 #include <fstream>
 #include <sstream>
 
@@ -86,8 +86,13 @@ absl::Status ParsePreTokenizer(const std::string& source, const json& j, std::st
     if (pat.contains("Regex") && pat["Regex"].is_string()) {
       *pattern = pat["Regex"].get<std::string>();
     } else if (pat.contains("String") && pat["String"].is_string()) {
-      // A literal: quote it for the regex engine.
-      *pattern = absl::StrCat("\\Q", pat["String"].get<std::string>(), "\\E");
+      // A literal: escape every ASCII punctuation character for the regex engine.
+      for (char c : pat["String"].get<std::string>()) {
+        if (static_cast<unsigned char>(c) < 0x80 && !std::isalnum(static_cast<unsigned char>(c))) {
+          pattern->push_back('\\');
+        }
+        pattern->push_back(c);
+      }
     } else {
       return Unsupported(source, "pre_tokenizer.pattern", pat);
     }

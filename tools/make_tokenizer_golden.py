@@ -4,9 +4,9 @@
 Two jobs:
 
   --build-dir B   (run by scripts/setup.sh; needs `tokenizers` and the `dashscope` package)
-      B/tokenizer/qwen/     the real Qwen tokenizer files (tools/make_qwen_tokenizer.py)
-      B/tokenizer/corpus/   the corpus (tools/make_corpus.py)
-      B/tokenizer/golden/   HF tokenizers' ids of every document, special-token text parsed
+      B/tokenizer-data/qwen/     the real Qwen tokenizer files (tools/make_qwen_tokenizer.py)
+      B/tokenizer-data/corpus/   the corpus (tools/make_corpus.py)
+      B/tokenizer-data/golden/   HF tokenizers' ids of every document, special-token text parsed
                             (NNN.ids) and not parsed (NNN.ids_plain), int32 little-endian;
                             decode cases (random ids -> HF decode text); manifest.json
       Then compares with the committed tests/golden/tokenizer/corpus_manifest.json (sha256 of
@@ -55,7 +55,7 @@ def pack_ids(ids: list[int]) -> bytes:
 def build(build_dir: str, update_manifest: bool) -> None:
     from tokenizers import Tokenizer
 
-    root = os.path.join(build_dir, "tokenizer")
+    root = os.path.join(build_dir, "tokenizer-data")
     qwen = os.path.join(root, "qwen")
     subprocess.run([sys.executable, os.path.join(TOOLS, "make_qwen_tokenizer.py"), "--out", qwen], check=True)
     docs = make_corpus.write_corpus(os.path.join(root, "corpus"))
@@ -235,7 +235,7 @@ def record_chat(build_dir: str) -> None:
     import transformers
     from transformers import AutoTokenizer
 
-    qwen = os.path.join(build_dir, "tokenizer", "qwen")
+    qwen = os.path.join(build_dir, "tokenizer-data", "qwen")
     tok = AutoTokenizer.from_pretrained(qwen)
     template = open(os.path.join(GOLDEN, "qwen3_next_instruct.jinja"), encoding="utf-8").read()
     assert tok.chat_template == template, "tokenizer_config.json does not carry the committed template"

@@ -14,18 +14,29 @@ inline double ChiSquareCritical1e6(int dof) {
   return dof * std::pow(1.0 - a + z * std::sqrt(a), 3);
 }
 
-// Pearson's statistic over the categories with expected probability > 0; observed counts in
-// categories with probability 0 are the caller's to check (they must be zero).
+// Pearson's statistic over the categories with expected probability > 0, categories expected
+// fewer than 5 times pooled into one (dropped if even the pool is expected < 5 times). Observed
+// counts in categories of probability 0 are the caller's to check (they must be zero).
 inline double ChiSquare(const std::vector<int64_t>& observed, const std::vector<double>& probs,
                         int64_t draws, int* dof) {
-  double chi2 = 0;
+  double chi2 = 0, pooled_expected = 0;
+  int64_t pooled_observed = 0;
   int categories = 0;
+  auto add = [&](double obs, double expected) {
+    chi2 += (obs - expected) * (obs - expected) / expected;
+    ++categories;
+  };
   for (size_t i = 0; i < probs.size(); ++i) {
     if (probs[i] <= 0) continue;
     const double expected = probs[i] * static_cast<double>(draws);
-    chi2 += (observed[i] - expected) * (observed[i] - expected) / expected;
-    ++categories;
+    if (expected < 5) {
+      pooled_expected += expected;
+      pooled_observed += observed[i];
+    } else {
+      add(static_cast<double>(observed[i]), expected);
+    }
   }
+  if (pooled_expected >= 5) add(static_cast<double>(pooled_observed), pooled_expected);
   *dof = categories - 1;
   return chi2;
 }

@@ -6,6 +6,7 @@
 #include <limits>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "sampling/sampler.h"
 
@@ -129,13 +130,15 @@ void CheckCase(std::mt19937& rng, int64_t n, int trial) {
     EXPECT_NEAR(r->logprob, std::log(dist[r->token]), 2e-4) << where;
     int32_t rank = 0;
     for (int64_t i = 0; i < n; ++i) rank += dist[i] > 0 && dist[i] >= dist[r->token];
-    if (p.greedy() || dist[r->token] > 1e-30) EXPECT_NEAR(r->rank, rank, 0) << where;
+    EXPECT_EQ(r->rank, rank) << where;
     ASSERT_LE(r->top_logprobs.size(), static_cast<size_t>(p.logprobs));
     for (size_t j = 0; j < r->top_logprobs.size(); ++j) {
       const TokenLogprob& tl = r->top_logprobs[j];
       EXPECT_GT(dist[tl.token], 0.0) << where;
       EXPECT_NEAR(tl.logprob, std::log(dist[tl.token]), 2e-4) << where;
-      if (j > 0) EXPECT_LE(tl.logprob, r->top_logprobs[j - 1].logprob + 1e-6) << where;
+      if (j > 0) {
+        EXPECT_LE(tl.logprob, r->top_logprobs[j - 1].logprob + 1e-6) << where;
+      }
     }
   }
 }

@@ -136,7 +136,9 @@ TEST_P(TopPMinPTest, TopP) {
   ExpectProbs(Run(p, k1234), {0.1, 0.2, 0.3, 0.4});
   // Ties in probability are ordered by id: with 1:1:1:1 and top_p 0.3 the two lowest ids stay
   // (0.25 before the second is < 0.3).
-  ExpectProbs(Run(p = SamplingParams{.top_p = 0.3f}, LogitsOf({1, 1, 1, 1})), {0.5, 0.5, 0, 0});
+  SamplingParams ties;
+  ties.top_p = 0.3f;
+  ExpectProbs(Run(ties, LogitsOf({1, 1, 1, 1})), {0.5, 0.5, 0, 0});
 }
 
 TEST_P(TopPMinPTest, MinP) {
@@ -270,7 +272,7 @@ TEST(SamplerTest, StopIdsAndMinTokens) {
   EXPECT_EQ(r->token, 3);
   EXPECT_TRUE(r->stop);
   EXPECT_EQ(s.num_generated(), 3);
-  r = s.Sample({0.0f, 1.0f, 4.0f, -1.0f});
+  r = s.Sample(std::vector<float>{0.0f, 1.0f, 4.0f, -1.0f});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->token, 2);
   EXPECT_TRUE(r->stop);
@@ -284,7 +286,7 @@ TEST(SamplerTest, IgnoreEosNeitherStopsNorMasksEos) {
   p.stop_token_ids = {1};
   Sampler s = Make(p, 3, {}, /*eos=*/{2});
   EXPECT_FALSE(s.IsStop(2));
-  absl::StatusOr<SampleResult> r = s.Sample({0.0f, 1.0f, 2.0f});
+  absl::StatusOr<SampleResult> r = s.Sample(std::vector<float>{0.0f, 1.0f, 2.0f});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->token, 2);
   EXPECT_FALSE(r->stop);
@@ -302,6 +304,9 @@ TEST(SamplerTest, BadRowsAreErrors) {
                       absl::StatusCode::kInvalidArgument, {"logits[1]", "NaN"}));
   EXPECT_TRUE(IsError(s.Sample(std::vector<float>{0.0f, 1.0f, kInf}),
                       absl::StatusCode::kInvalidArgument, {"logits[2]"}));
+  // Also in a token that min_tokens masks (token 1 is the stop id): a model bug is not hidden.
+  EXPECT_TRUE(IsError(s.Sample(std::vector<float>{0.0f, kInf, 1.0f}),
+                      absl::StatusCode::kInvalidArgument, {"logits[1]", "inf"}));
   EXPECT_TRUE(IsError(s.Sample(std::vector<float>{-kInf, 1.0f, -kInf}),
                       absl::StatusCode::kInvalidArgument, {"every token is masked", "step 0"}));
   EXPECT_EQ(s.num_generated(), 0);  // failed steps record nothing
@@ -385,7 +390,7 @@ std::vector<std::vector<float>> RandomSteps(int steps, int64_t vocab) {
   return rows;
 }
 
-std::vector<int32_t> Run(Sampler& s, const std::vector<std::vector<float>>& rows) {
+std::vector<int32_t> DrawAll(Sampler& s, const std::vector<std::vector<float>>& rows) {
   std::vector<int32_t> out;
   for (const auto& row : rows) out.push_back(Draw(s, row));
   return out;
@@ -394,17 +399,21 @@ std::vector<int32_t> Run(Sampler& s, const std::vector<std::vector<float>>& rows
 TEST(SamplerTest, SameSeedSameTokensWhateverIsInterleaved) {
   constexpr int64_t kVocab = 3000;
   const auto rows = RandomSteps(64, kVocab);
-  for (const SamplingParams& base :
-       {SamplingParams{}, SamplingParams{.temperature = 0.8f, .top_k = 20, .top_p = 0.8f},
-        SamplingParams{.top_p = 0.9f, .presence_penalty = 0.5f}}) {
+  SamplingParams top_k_top_p, top_p_presence;
+  top_k_top_p.temperature = 0.8f;
+  top_k_top_p.top_k = 20;
+  top_k_top_p.top_p = 0.8f;
+  top_p_presence.top_p = 0.9f;
+  top_p_presence.presence_penalty = 0.5f;
+  for (const SamplingParams& base : {SamplingParams{}, top_k_top_p, top_p_presence}) {
     SamplingParams a = base, b = base;
     a.seed = 1234;
     b.seed = 98765;
     Sampler alone_a = Make(a, kVocab), alone_b = Make(b, kVocab);
-    const std::vector<int32_t> seq_a = Run(alone_a, rows), seq_b = Run(alone_b, rows);
+    const std::vector<int32_t> seq_a = DrawAll(alone_a, rows), seq_b = DrawAll(alone_b, rows);
     EXPECT_NE(seq_a, seq_b);
     Sampler again = Make(a, kVocab);
-    EXPECT_EQ(Run(again, rows), seq_a);
+    EXPECT_EQ(DrawAll(again, rows), seq_a);
     // Interleaved, with an extra sampler stepping in between and a Probabilities call (which
     // must not consume a draw).
     Sampler ia = Make(a, kVocab), ib = Make(b, kVocab), other = Make(SamplingParams{}, kVocab);

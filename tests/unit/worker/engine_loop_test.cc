@@ -1,0 +1,181 @@
+// The rank's engine loop: continuous batching must not change tokens (including across preemption
+// by recompute), and aborted or finished requests give their cache back at once.
+#include <chrono>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "model/weights.h"
+#include "tools/random_checkpoint.h"
+#include "worker/engine.h"
+
+namespace nextserve::worker {
+namespace {
+
+using namespace std::chrono_literals;
+
+class EngineLoopTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(std::filesystem::temp_directory_path() /
+                           ("engine_loop_test_" + std::to_string(getpid())));
+    auto c = PresetConfig("tiny");
+    c->vocab_size = 400;
+    c->hidden_size = 64;
+    c->head_dim = 32;
+    c->linear_key_head_dim = 16;
+    c->linear_value_head_dim = 16;
+    c->moe_intermediate_size = 32;
+    c->shared_expert_intermediate_size = 32;
+    c->num_experts = 8;
+    c->num_experts_per_tok = 2;
+    c->max_position_embeddings = 4096;
+    c->eos_token_ids = {};
+    RandomCheckpointOptions options;
+    options.dtype = DType::kF32;
+    ASSERT_TRUE(WriteRandomCheckpoint(*c, *dir_, options).ok());
+    auto w = ModelWeights::Load(*dir_);
+    ASSERT_TRUE(w.ok()) << w.status();
+    weights_ = new std::shared_ptr<const ModelWeights>(std::move(*w));
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+    delete weights_;
+  }
+  std::unique_ptr<Engine> MakeEngine(int64_t blocks, int64_t slots, int64_t block_size = 16,
+                                     int64_t batch_tokens = 64) {
+    EngineOptions options;
+    options.cache = {block_size, blocks, slots};
+    options.scheduler = {batch_tokens, 16};
+    return std::make_unique<Engine>(*weights_, backend_.get(), options);
+  }
+  static SubmitSpec Spec(const std::string& id, int64_t prompt_len, int64_t max_tokens, int seed) {
+    SubmitSpec s;
+    s.id = id;
+    for (int64_t i = 0; i < prompt_len; ++i) s.prompt.push_back(static_cast<int32_t>((seed * 37 + i * 11) % 400));
+    s.max_tokens = max_tokens;
+    s.sampling.temperature = seed % 2 ? 0.0f : 0.8f;  // greedy and seeded sampling
+    s.sampling.top_p = 0.9f;
+    s.sampling.seed = seed;
+    return s;
+  }
+  // Collects a request's tokens until it finishes.
+  static std::pair<std::vector<int32_t>, Finish> Drain(OutputChannel& ch) {
+    std::vector<int32_t> tokens;
+    while (true) {
+      RankOutput out;
+      if (!ch.Pop(&out, 30s)) return {tokens, Finish::kError};
+      tokens.insert(tokens.end(), out.tokens.begin(), out.tokens.end());
+      if (out.finish != Finish::kNone) return {tokens, out.finish};
+    }
+  }
+  static void WaitIdle(Engine& e) {
+    for (int i = 0; i < 500 && (e.Load().running > 0 || e.Load().waiting > 0); ++i) std::this_thread::sleep_for(5ms);
+  }
+
+  static std::string* dir_;
+  static std::shared_ptr<const ModelWeights>* weights_;
+  std::unique_ptr<kernels::Backend> backend_ = kernels::MakeCpuBackend();
+};
+std::string* EngineLoopTest::dir_ = nullptr;
+std::shared_ptr<const ModelWeights>* EngineLoopTest::weights_ = nullptr;
+
+TEST_F(EngineLoopTest, ConcurrentRequestsGiveTheirAloneTokens) {
+  const std::vector<SubmitSpec> specs = {Spec("a", 5, 20, 1), Spec("b", 90, 12, 2), Spec("c", 1, 25, 3),
+                                         Spec("d", 33, 16, 4), Spec("e", 70, 8, 5)};
+  std::vector<std::vector<int32_t>> alone;
+  {
+    auto engine = MakeEngine(256, 8);
+    for (const auto& s : specs) {
+      auto ch = engine->Submit(s);
+      ASSERT_TRUE(ch.ok()) << ch.status();
+      auto [tokens, finish] = Drain(**ch);
+      EXPECT_EQ(finish, Finish::kLength);
+      EXPECT_EQ(static_cast<int64_t>(tokens.size()), s.max_tokens);
+      alone.push_back(tokens);
+    }
+  }
+  auto engine = MakeEngine(256, 8);
+  std::vector<std::shared_ptr<OutputChannel>> channels;
+  for (const auto& s : specs) channels.push_back(*engine->Submit(s));
+  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(Drain(*channels[i]).first, alone[i]) << specs[i].id;
+  WaitIdle(*engine);
+  const EngineLoad load = engine->Load();
+  EXPECT_EQ(load.free_blocks, load.total_blocks);
+  EXPECT_EQ(load.free_slots, load.total_slots);
+}
+
+// So few blocks that running requests must be preempted and recomputed: same tokens regardless.
+TEST_F(EngineLoopTest, PreemptionByRecomputeKeepsTokens) {
+  const std::vector<SubmitSpec> specs = {Spec("p", 40, 30, 7), Spec("q", 40, 30, 8), Spec("r", 40, 30, 9)};
+  std::vector<std::vector<int32_t>> alone;
+  {
+    auto engine = MakeEngine(256, 8);
+    for (const auto& s : specs) alone.push_back(Drain(**engine->Submit(s)).first);
+  }
+  auto engine = MakeEngine(/*blocks=*/10, 8, /*block_size=*/16);  // 160 tokens for 3 x 70
+  std::vector<std::shared_ptr<OutputChannel>> channels;
+  for (const auto& s : specs) channels.push_back(*engine->Submit(s));
+  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(Drain(*channels[i]).first, alone[i]) << specs[i].id;
+  WaitIdle(*engine);
+  EXPECT_GT(engine->Load().preemptions, 0);
+  EXPECT_EQ(engine->Load().free_blocks, 10);
+}
+
+TEST_F(EngineLoopTest, AbortFreesTheCacheAtOnce) {
+  auto engine = MakeEngine(64, 4);
+  auto ch = engine->Submit(Spec("long", 20, 3000, 1));
+  ASSERT_TRUE(ch.ok());
+  RankOutput out;
+  do {
+    ASSERT_TRUE((*ch)->Pop(&out, 10s));
+  } while (out.tokens.empty());
+  EXPECT_LT(engine->Load().free_blocks, 64);
+  EXPECT_TRUE(engine->Abort("long"));
+  EXPECT_EQ(Drain(**ch).second, Finish::kAborted);
+  WaitIdle(*engine);
+  EXPECT_EQ(engine->Load().free_blocks, 64);
+  EXPECT_EQ(engine->Load().free_slots, 4);
+  EXPECT_FALSE(engine->Abort("long"));  // finished: unknown now
+}
+
+TEST_F(EngineLoopTest, RejectsBadSubmissions) {
+  auto engine = MakeEngine(64, 4);
+  SubmitSpec bad = Spec("x", 3, 4, 1);
+  bad.prompt[1] = 400;
+  auto r = engine->Submit(bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("prompt_ids[1]"), std::string::npos) << r.status();
+  bad = Spec("x", 3, 5000, 1);
+  EXPECT_EQ(engine->Submit(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = Spec("x", 0, 4, 1);
+  EXPECT_EQ(engine->Submit(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = Spec("x", 3, 4, 1);
+  bad.sampling.top_p = 1.5f;
+  r = engine->Submit(bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("top_p"), std::string::npos) << r.status();
+  // Same id twice while running.
+  auto first = engine->Submit(Spec("dup", 3, 2000, 1));
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(engine->Submit(Spec("dup", 3, 4, 1)).status().code(), absl::StatusCode::kAlreadyExists);
+  engine->Abort("dup");
+  Drain(**first);
+}
+
+TEST_F(EngineLoopTest, RequestLargerThanTheCacheFailsAlone) {
+  auto engine = MakeEngine(/*blocks=*/2, 4, /*block_size=*/16);  // 32 tokens in all
+  auto ch = engine->Submit(Spec("big", 100, 4, 1));
+  ASSERT_TRUE(ch.ok());
+  EXPECT_EQ(Drain(**ch).second, Finish::kError);
+  // The rank still serves what fits.
+  auto ok = engine->Submit(Spec("small", 10, 4, 1));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(Drain(**ok).second, Finish::kLength);
+}
+
+}  // namespace
+}  // namespace nextserve::worker

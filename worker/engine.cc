@@ -1,0 +1,217 @@
+#include "worker/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace nextserve::worker {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+Engine::Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend,
+               EngineOptions options)
+    : model_(std::move(weights), backend, options.cache),
+      options_(options),
+      max_context_(options.max_context > 0 ? options.max_context
+                                           : model_.config().max_position_embeddings),
+      scheduler_(options.scheduler, [this] { return model_.NewSequence(); }) {
+  load_.total_blocks = options.cache.max_blocks;
+  load_.free_blocks = options.cache.max_blocks;
+  load_.total_slots = options.cache.max_slots;
+  load_.free_slots = options.cache.max_slots;
+  load_.block_tokens = options.cache.block_size;
+  load_.max_context = max_context_;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+absl::StatusOr<std::shared_ptr<OutputChannel>> Engine::Submit(SubmitSpec spec) {
+  const ModelConfig& c = model_.config();
+  if (spec.prompt.empty()) return absl::InvalidArgumentError("prompt_ids: empty prompt");
+  for (size_t i = 0; i < spec.prompt.size(); ++i) {
+    if (spec.prompt[i] < 0 || spec.prompt[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt_ids[", i, "]: token id ", spec.prompt[i],
+                                                     " is outside [0, ", c.vocab_size, ")"));
+    }
+  }
+  if (spec.max_tokens < 1) return absl::InvalidArgumentError("max_tokens: must be at least 1");
+  if (static_cast<int64_t>(spec.prompt.size()) + spec.max_tokens > max_context_) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt (", spec.prompt.size(), " tokens) + max_tokens (",
+                                                   spec.max_tokens, ") exceeds the context of ",
+                                                   max_context_, " tokens"));
+  }
+  const std::vector<int32_t> eos(c.eos_token_ids.begin(), c.eos_token_ids.end());
+  auto sampler = sampling::Sampler::Create(spec.sampling, c.vocab_size, spec.prompt, eos);
+  if (!sampler.ok()) return sampler.status();
+  auto r = std::make_unique<Request>(Request{.id = spec.id,
+                                             .tokens = spec.prompt,
+                                             .prompt_len = static_cast<int64_t>(spec.prompt.size()),
+                                             .max_tokens = spec.max_tokens,
+                                             .sampler = std::move(*sampler),
+                                             .want_logprobs = spec.sampling.logprobs >= 0,
+                                             .out = std::make_shared<OutputChannel>(),
+                                             .arrival = std::chrono::steady_clock::now()});
+  auto out = r->out;
+  {
+    std::lock_guard lock(mu_);
+    if (stop_) return absl::UnavailableError("rank is shutting down");
+    if (std::find(live_ids_.begin(), live_ids_.end(), spec.id) != live_ids_.end()) {
+      return absl::AlreadyExistsError(absl::StrCat("request_id '", spec.id, "' is already running"));
+    }
+    live_ids_.push_back(spec.id);
+    incoming_.push_back(std::move(r));
+  }
+  cv_.notify_one();
+  return out;
+}
+
+bool Engine::Abort(const std::string& id) {
+  {
+    std::lock_guard lock(mu_);
+    if (std::find(live_ids_.begin(), live_ids_.end(), id) == live_ids_.end()) return false;
+    aborts_.push_back(id);
+  }
+  cv_.notify_one();
+  return true;
+}
+
+EngineLoad Engine::Load() const {
+  std::lock_guard lock(mu_);
+  return load_;
+}
+
+void Engine::Finish(Request* r, worker::Finish how, std::string error) {
+  RankOutput out;
+  out.finish = how;
+  out.error = std::move(error);
+  r->out->Push(std::move(out));
+  std::lock_guard lock(mu_);
+  live_ids_.erase(std::remove(live_ids_.begin(), live_ids_.end(), r->id), live_ids_.end());
+}
+
+void Engine::Loop() {
+  while (true) {
+    std::vector<std::unique_ptr<Request>> incoming;
+    std::vector<std::string> aborts;
+    {
+      std::unique_lock lock(mu_);
+      // Sleep (no CPU) until there is work or something to do.
+      cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !aborts_.empty() || !scheduler_.idle(); });
+      if (stop_) break;
+      incoming.swap(incoming_);
+      aborts.swap(aborts_);
+    }
+    for (auto& r : incoming) scheduler_.Add(std::move(r));
+    for (const std::string& id : aborts) {
+      if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kAborted);
+    }
+    if (!scheduler_.idle()) Step();
+    PublishLoad();
+  }
+  // Shutting down: everything still queued or running ends as aborted.
+  std::vector<std::unique_ptr<Request>> rest;
+  {
+    std::lock_guard lock(mu_);
+    rest.swap(incoming_);
+  }
+  for (auto& r : rest) Finish(r.get(), Finish::kAborted);
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(mu_);
+    ids = live_ids_;
+  }
+  for (const std::string& id : ids) {
+    if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kAborted);
+  }
+}
+
+void Engine::Step() {
+  std::vector<std::unique_ptr<Request>> unservable;
+  std::vector<ScheduledWork> work = scheduler_.Schedule(model_.cache_pool(), &unservable);
+  for (auto& r : unservable) {
+    Finish(r.get(), Finish::kError,
+           absl::StrCat("request '", r->id, "' needs more KV blocks than this rank has"));
+  }
+  if (!work.empty()) {
+    std::vector<SequenceInput> batch;
+    for (const ScheduledWork& w : work) {
+      batch.push_back({w.request->state.get(),
+                       std::span<const int32_t>(w.request->tokens).subspan(w.begin, w.count),
+                       /*all_logits=*/false, /*no_logits=*/!w.samples});
+      if (!w.request->scheduled_once) {
+        w.request->scheduled_once = true;
+        RankOutput first;
+        first.queue_time_s = SecondsSince(w.request->arrival);
+        w.request->out->Push(std::move(first));
+      }
+    }
+    auto logits = model_.Forward(batch);
+    if (!logits.ok()) {
+      // A model error fails this step's requests, not the rank.
+      for (const ScheduledWork& w : work) {
+        const std::string id = w.request->id;
+        if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kError, std::string(logits.status().message()));
+      }
+    } else {
+      scheduler_.Commit(work);
+      const int64_t vocab = model_.config().vocab_size;
+      int64_t row = 0;
+      std::vector<std::string> done;
+      for (const ScheduledWork& w : work) {
+        if (!w.samples) continue;
+        Request& r = *w.request;
+        auto sample = r.sampler.Sample(std::span<const float>(logits->data() + row * vocab, vocab));
+        ++row;
+        if (!sample.ok()) {
+          Finish(&r, Finish::kError, std::string(sample.status().message()));
+          done.push_back(r.id);
+          continue;
+        }
+        r.tokens.push_back(sample->token);
+        RankOutput out;
+        out.tokens.push_back(sample->token);
+        if (r.want_logprobs) out.samples.push_back(*sample);
+        if (sample->stop) {
+          out.finish = Finish::kStopToken;
+        } else if (r.generated() >= r.max_tokens || static_cast<int64_t>(r.tokens.size()) >= max_context_) {
+          out.finish = Finish::kLength;
+        }
+        const bool finished = out.finish != Finish::kNone;
+        r.out->Push(std::move(out));
+        if (finished) {
+          done.push_back(r.id);
+          std::lock_guard lock(mu_);
+          live_ids_.erase(std::remove(live_ids_.begin(), live_ids_.end(), r.id), live_ids_.end());
+        }
+      }
+      for (const std::string& id : done) scheduler_.Remove(id);  // frees blocks and slot now
+    }
+  }
+  std::lock_guard lock(mu_);
+  load_.steps += 1;
+}
+
+void Engine::PublishLoad() {
+  std::lock_guard lock(mu_);
+  CachePool& pool = model_.cache_pool();
+  load_.running = scheduler_.running();
+  load_.waiting = scheduler_.waiting() + static_cast<int64_t>(incoming_.size());
+  load_.free_blocks = pool.free_blocks();
+  load_.free_slots = pool.free_slots();
+  load_.preemptions = scheduler_.preemptions();
+}
+
+}  // namespace nextserve::worker

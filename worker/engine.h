@@ -1,0 +1,78 @@
+// The rank's engine loop: one thread that repeatedly schedules a step, runs the model over it,
+// samples, and sends each request's new tokens to its channel. Submit/Abort/Load are thread-safe.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/qwen3_next.h"
+#include "sampling/params.h"
+#include "worker/request.h"
+#include "worker/scheduler.h"
+
+namespace nextserve::worker {
+
+struct EngineOptions {
+  SchedulerLimits scheduler;
+  CacheLimits cache;
+  int64_t max_context = 0;  // 0: the model's max_position_embeddings
+};
+
+struct EngineLoad {
+  int64_t running = 0, waiting = 0;
+  int64_t free_blocks = 0, total_blocks = 0, free_slots = 0, total_slots = 0;
+  int64_t block_tokens = 0, max_context = 0;
+  int64_t steps = 0, preemptions = 0;
+};
+
+struct SubmitSpec {
+  std::string id;
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 1;
+  sampling::SamplingParams sampling;
+};
+
+class Engine {
+ public:
+  Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend,
+         EngineOptions options);
+  ~Engine();  // stops the loop; unfinished requests end as aborted
+
+  // Validates (ids in range, prompt within the context, sampling params, unique id) and queues the
+  // request; its outputs arrive on the returned channel, the last one with finish != kNone.
+  absl::StatusOr<std::shared_ptr<OutputChannel>> Submit(SubmitSpec spec);
+  // Ends the request at the next step (kAborted) and frees its cache. False if unknown or done.
+  bool Abort(const std::string& id);
+  EngineLoad Load() const;
+  const ModelConfig& config() const { return model_.config(); }
+  int64_t max_context() const { return max_context_; }
+
+ private:
+  void Loop();
+  void Step();
+  void PublishLoad();  // engine thread: what Load() reports
+  void Finish(Request* r, Finish how, std::string error = "");
+
+  Qwen3NextModel model_;
+  EngineOptions options_;
+  int64_t max_context_;
+  Scheduler scheduler_;  // engine thread only
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<Request>> incoming_;  // guarded by mu_
+  std::vector<std::string> aborts_;                 // guarded by mu_
+  std::vector<std::string> live_ids_;               // guarded by mu_: submitted, not finished
+  EngineLoad load_;                                 // guarded by mu_: published after each step
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace nextserve::worker

@@ -1,0 +1,87 @@
+// nextserve-rank: one worker rank serving nextserve.internal.v1.Rank (plus gRPC health) for a model.
+#include <omp.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "cli/flags.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "kernels/backend.h"
+#include "model/weights.h"
+#include "worker/engine.h"
+#include "worker/rank_service.h"
+
+int main(int argc, char** argv) {
+  std::string model_dir, host = "127.0.0.1";
+  int64_t port = 0, threads = 0, kv_blocks = 1024, state_slots = 64, block_size = 64,
+          max_batch_tokens = 512, max_running = 64, rank_id = 0, max_context = 0;
+  nextserve::cli::Flags flags("nextserve-rank --model DIR --port P [options]");
+  flags.String("model", &model_dir, "Hugging Face model directory");
+  flags.String("host", &host, "address to listen on (default 127.0.0.1)");
+  flags.Int("port", &port, "port to listen on (0: pick one and print it)");
+  flags.Int("threads", &threads, "CPU threads for the model (default: all cores)");
+  flags.Int("kv-blocks", &kv_blocks, "KV cache blocks (default 1024)");
+  flags.Int("block-size", &block_size, "tokens per KV block (default 64)");
+  flags.Int("state-slots", &state_slots, "DeltaNet state slots = most sequences in flight (default 64)");
+  flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
+  flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
+  flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
+  flags.Int("rank-id", &rank_id, "this rank's number, reported in its load (default 0)");
+  if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
+  if (model_dir.empty()) {
+    return nextserve::cli::Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
+  }
+  if (kv_blocks < 1 || state_slots < 1 || block_size < 1 || max_batch_tokens < 1 || max_running < 1) {
+    return nextserve::cli::Flags::Report(
+        absl::InvalidArgumentError("--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
+                                   "--max-running must be positive"),
+        flags);
+  }
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+
+  // Signals are taken by sigwait below, so block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto weights = nextserve::ModelWeights::Load(model_dir);
+  if (!weights.ok()) {
+    std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());
+    return 1;
+  }
+  auto backend = nextserve::kernels::MakeCpuBackend();
+  nextserve::worker::EngineOptions options;
+  options.cache = {block_size, kv_blocks, state_slots};
+  options.scheduler = {max_batch_tokens, max_running};
+  options.max_context = max_context;
+  nextserve::worker::Engine engine(std::move(*weights), backend.get(), options);
+  nextserve::worker::RankService service(&engine, static_cast<int32_t>(rank_id));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) {
+    std::fprintf(stderr, "error: cannot listen on %s:%ld\n", host.c_str(), port);
+    return 1;
+  }
+  std::printf("nextserve-rank %ld listening on %s:%d\n", rank_id, host.c_str(), bound_port);
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "nextserve-rank %ld: signal %d, shutting down\n", rank_id, sig);
+  // Streams still open end with their requests aborted; new calls are refused.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}

@@ -1,0 +1,106 @@
+#include "worker/scheduler.h"
+
+#include <algorithm>
+
+namespace nextserve::worker {
+
+std::unique_ptr<Request> Scheduler::Remove(const std::string& id) {
+  for (auto it = running_.begin(); it != running_.end(); ++it) {
+    if ((*it)->id == id) {
+      std::unique_ptr<Request> r = std::move(*it);
+      running_.erase(it);
+      r->state.reset();
+      return r;
+    }
+  }
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if ((*it)->id == id) {
+      std::unique_ptr<Request> r = std::move(*it);
+      waiting_.erase(it);
+      return r;
+    }
+  }
+  return nullptr;
+}
+
+void Scheduler::Preempt(std::list<std::unique_ptr<Request>>::iterator it) {
+  std::unique_ptr<Request> r = std::move(*it);
+  running_.erase(it);
+  r->state.reset();  // blocks and slot back to the pool
+  r->computed = 0;   // prompt + generated tokens are recomputed on readmission
+  waiting_.push_front(std::move(r));
+  ++preemptions_;
+}
+
+std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
+                                               std::vector<std::unique_ptr<Request>>* unservable) {
+  std::vector<ScheduledWork> work;
+  int64_t budget = limits_.max_batch_tokens;
+  // Decodes first (one token each), then prefill chunks, each group oldest first.
+  for (int pass = 0; pass < 2 && budget > 0; ++pass) {
+    for (auto it = running_.begin(); it != running_.end() && budget > 0;) {
+      Request& r = **it;
+      const int64_t remaining = static_cast<int64_t>(r.tokens.size()) - r.computed;
+      const bool decode = remaining == 1;
+      if (remaining <= 0 || decode != (pass == 0)) {
+        ++it;
+        continue;
+      }
+      const int64_t n = std::min(remaining, budget);
+      // Make room by preempting the newest running requests that are not yet in this step.
+      bool room = true;
+      while (r.state->BlocksNeeded(n) > pool.free_blocks()) {
+        auto victim = std::prev(running_.end());
+        const bool scheduled = std::any_of(work.begin(), work.end(),
+                                           [&](const ScheduledWork& w) { return w.request == victim->get(); });
+        if (victim == it || scheduled) {
+          room = false;
+          break;
+        }
+        Preempt(victim);
+      }
+      if (!room) {
+        if (work.empty() && running_.size() == 1) {
+          // Alone and still too big: it can never run on this rank.
+          unservable->push_back(std::move(*it));
+          it = running_.erase(it);
+          continue;
+        }
+        ++it;
+        continue;
+      }
+      (void)r.state->Reserve(n);  // cannot fail: checked above
+      work.push_back({&r, r.computed, n, r.computed + n == static_cast<int64_t>(r.tokens.size())});
+      budget -= n;
+      ++it;
+    }
+  }
+  // Admit waiting requests while there is budget, a slot and blocks for their first chunk.
+  while (!waiting_.empty() && budget > 0 && static_cast<int64_t>(running_.size()) < limits_.max_running) {
+    Request& r = *waiting_.front();
+    const int64_t n = std::min<int64_t>(static_cast<int64_t>(r.tokens.size()), budget);
+    auto state = new_state_();
+    if (state->BlocksNeeded(n) > pool.free_blocks() || pool.free_slots() < 1) {
+      if (running_.empty() && work.empty()) {  // nothing will ever free memory for it
+        unservable->push_back(std::move(waiting_.front()));
+        waiting_.pop_front();
+        continue;
+      }
+      break;
+    }
+    (void)state->Reserve(n);
+    r.state = std::move(state);
+    r.computed = 0;
+    work.push_back({&r, 0, n, n == static_cast<int64_t>(r.tokens.size())});
+    budget -= n;
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  return work;
+}
+
+void Scheduler::Commit(const std::vector<ScheduledWork>& work) {
+  for (const ScheduledWork& w : work) w.request->computed += w.count;
+}
+
+}  // namespace nextserve::worker

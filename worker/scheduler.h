@@ -1,0 +1,62 @@
+// Who runs this step: continuous batching with chunked prefill under a token budget, admission by
+// free KV blocks and state slots, preemption by recompute when decoding runs out of blocks.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/cache_pool.h"
+#include "worker/request.h"
+
+namespace nextserve::worker {
+
+struct SchedulerLimits {
+  int64_t max_batch_tokens = 512;  // tokens per step (decodes + prefill chunks)
+  int64_t max_running = 64;        // sequences per step
+};
+
+// A slice of one request's tokens to run this step: tokens[begin, begin + count).
+struct ScheduledWork {
+  Request* request;
+  int64_t begin;
+  int64_t count;
+  bool samples;  // the slice reaches the end of the request's tokens: sample the next one
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerLimits limits, std::function<std::unique_ptr<SequenceState>()> new_state)
+      : limits_(limits), new_state_(std::move(new_state)) {}
+
+  void Add(std::unique_ptr<Request> request) { waiting_.push_back(std::move(request)); }
+  // Removes a request wherever it is and frees its cache; null if unknown.
+  std::unique_ptr<Request> Remove(const std::string& id);
+  // Builds this step. Running requests go first (decodes, then unfinished prefills), oldest first;
+  // then waiting ones are admitted while the budget and memory allow. A running request that
+  // cannot get a block preempts the newest running ones (their caches are dropped; they wait at the
+  // front of the queue and recompute later). `unservable` receives requests that can never fit.
+  std::vector<ScheduledWork> Schedule(CachePool& pool, std::vector<std::unique_ptr<Request>>* unservable);
+  // After the step: advance the scheduled requests' `computed`.
+  void Commit(const std::vector<ScheduledWork>& work);
+
+  int64_t running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  int64_t preemptions() const { return preemptions_; }
+  bool idle() const { return running_.empty() && waiting_.empty(); }
+
+ private:
+  void Preempt(std::list<std::unique_ptr<Request>>::iterator it);
+
+  SchedulerLimits limits_;
+  std::function<std::unique_ptr<SequenceState>()> new_state_;
+  std::list<std::unique_ptr<Request>> running_;  // admission order
+  std::deque<std::unique_ptr<Request>> waiting_;
+  int64_t preemptions_ = 0;
+};
+
+}  // namespace nextserve::worker
