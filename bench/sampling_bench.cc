@@ -84,10 +84,14 @@ void RunSampler(benchmark::State& state, SamplingParams p, bool peaked,
   }
 }
 
-void BM_Greedy(benchmark::State& state) { RunSampler(state, Params(0, 0, 1), true); }
+void BM_Greedy(benchmark::State& state) {
+  RunSampler(state, Params(0, 0, 1), true);
+}
 BENCHMARK(BM_Greedy);
 
-void BM_Greedy_Logprobs5(benchmark::State& state) { RunSampler(state, Params(0, 0, 1, 5), true); }
+void BM_Greedy_Logprobs5(benchmark::State& state) {
+  RunSampler(state, Params(0, 0, 1, 5), true);
+}
 BENCHMARK(BM_Greedy_Logprobs5);
 
 void BM_T08_TopK20_TopP08(benchmark::State& state) {
@@ -100,13 +104,19 @@ void BM_T08_TopK20_TopP08_Logprobs5(benchmark::State& state) {
 }
 BENCHMARK(BM_T08_TopK20_TopP08_Logprobs5);
 
-void BM_TopP09_Peaked(benchmark::State& state) { RunSampler(state, Params(1, 0, 0.9f), true); }
+void BM_TopP09_Peaked(benchmark::State& state) {
+  RunSampler(state, Params(1, 0, 0.9f), true);
+}
 BENCHMARK(BM_TopP09_Peaked);
 
-void BM_TopP09_Flat(benchmark::State& state) { RunSampler(state, Params(1, 0, 0.9f), false); }
+void BM_TopP09_Flat(benchmark::State& state) {
+  RunSampler(state, Params(1, 0, 0.9f), false);
+}
 BENCHMARK(BM_TopP09_Flat);
 
-void BM_Temperature_Only(benchmark::State& state) { RunSampler(state, Params(0.7f, 0, 1), true); }
+void BM_Temperature_Only(benchmark::State& state) {
+  RunSampler(state, Params(0.7f, 0, 1), true);
+}
 BENCHMARK(BM_Temperature_Only);
 
 // Penalties over a 4096-token prompt (2,800-odd distinct ids) and the output so far.
@@ -138,7 +148,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
-      if (r.error_occurred || (r.run_type == Run::RT_Aggregate && r.aggregate_name != "mean")) continue;
+      if (r.error_occurred || (r.run_type == Run::RT_Aggregate && r.aggregate_name != "mean"))
+        continue;
       const std::string name = r.run_name.function_name;
       ns_[name] = r.GetAdjustedRealTime();  // the mean when repeated; nanoseconds (default unit)
       if (std::find(order_.begin(), order_.end(), name) == order_.end()) order_.push_back(name);

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
+#include "cli/serving_commands.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -25,6 +26,9 @@ constexpr char kUsage[] =
     "commands:\n"
     "  tokenize    text (a file, or stdin) -> token ids, comma-separated on one line\n"
     "  detokenize  token ids -> text\n"
+    "  up          start a router and N ranks on this machine (Ctrl-C stops them)\n"
+    "  generate    stream a completion from a router\n"
+    "  chat        chat with a router interactively\n"
     "`nextserve <command> --help` lists a command's flags.\n";
 
 int Fail(const absl::Status& status) {
@@ -36,10 +40,12 @@ int Tokenize(int argc, char** argv) {
   std::string model, text_file;
   bool parse_special = false, stats = false;
   int64_t repeat = 1;
-  Flags flags("nextserve tokenize --model DIR [--text-file F] [--parse-special] [--stats] [--repeat N]");
+  Flags flags(
+      "nextserve tokenize --model DIR [--text-file F] [--parse-special] [--stats] [--repeat N]");
   flags.String("model", &model, "model directory with tokenizer.json (or vocab.json + merges.txt)");
   flags.String("text-file", &text_file, "UTF-8 text to tokenize (default: standard input)");
-  flags.Bool("parse-special", &parse_special, "turn special-token text such as <|im_start|> into its id");
+  flags.Bool("parse-special", &parse_special,
+             "turn special-token text such as <|im_start|> into its id");
   flags.Bool("stats", &stats, "print load time and encode throughput to stderr");
   flags.Int("repeat", &repeat, "encode this many times (for --stats; ids are printed once)");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
@@ -66,7 +72,8 @@ int Tokenize(int argc, char** argv) {
     const auto a = std::chrono::steady_clock::now();
     ids = (*tok)->Encode(text, {.parse_special = parse_special});
     if (!ids.ok()) return Fail(ids.status());
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
+    best =
+        std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
   }
   std::string line;
   line.reserve(ids->size() * 7);
@@ -76,7 +83,8 @@ int Tokenize(int argc, char** argv) {
   }
   std::printf("%s\n", line.c_str());
   if (stats) {
-    std::fprintf(stderr, "load %.3f s; %zu bytes -> %zu ids; best encode of %lld: %.4f s = %.2f MB/s\n",
+    std::fprintf(stderr,
+                 "load %.3f s; %zu bytes -> %zu ids; best encode of %lld: %.4f s = %.2f MB/s\n",
                  std::chrono::duration<double>(t1 - t0).count(), text.size(), ids->size(),
                  static_cast<long long>(repeat), best, text.size() / best / 1e6);
   }
@@ -96,7 +104,8 @@ int Detokenize(int argc, char** argv) {
   for (absl::string_view part : absl::StrSplit(ids_flag, ',', absl::SkipEmpty())) {
     int32_t id;
     if (!absl::SimpleAtoi(part, &id)) {
-      return Flags::Report(absl::InvalidArgumentError("--ids: '" + std::string(part) + "' is not an id"), flags);
+      return Flags::Report(
+          absl::InvalidArgumentError("--ids: '" + std::string(part) + "' is not an id"), flags);
     }
     ids.push_back(id);
   }
@@ -119,6 +128,9 @@ int main(int argc, char** argv) {
   // Each command parses its own flags; argv[1] (the command) plays argv[0] for it.
   if (command == "tokenize") return Tokenize(argc - 1, argv + 1);
   if (command == "detokenize") return Detokenize(argc - 1, argv + 1);
+  if (command == "up") return nextserve::cli::Up(argc - 1, argv + 1);
+  if (command == "generate") return nextserve::cli::Generate(argc - 1, argv + 1);
+  if (command == "chat") return nextserve::cli::Chat(argc - 1, argv + 1);
   std::fprintf(stderr, "error: unknown command '%s'\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -106,6 +106,7 @@ float F8E4M3ToF32(uint8_t v) {
 }  // namespace
 
 void ConvertToF32(DType src_type, const void* src, float* dst, size_t n) {
+  if (n == 0) return;  // src / dst may be null for empty tensors
   const auto* p = static_cast<const unsigned char*>(src);
   switch (src_type) {
     case DType::kF32:

@@ -168,7 +168,7 @@ absl::StatusOr<NpyArray> ReadNpyF32(const std::string& path) {
                             absl::StrJoin(out.shape, ", "), ") of float32 needs ", numel * 4));
   }
   out.data.resize(numel);
-  std::memcpy(out.data.data(), file.data() + data_start, numel * 4);
+  if (numel > 0) std::memcpy(out.data.data(), file.data() + data_start, numel * 4);
   return out;
 }
 

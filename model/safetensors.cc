@@ -334,7 +334,7 @@ void SafetensorsWriter::AddFloat(std::string name, DType dtype, std::vector<int6
   std::string bytes(n * DTypeSize(dtype), '\0');
   switch (dtype) {
     case DType::kF32:
-      std::memcpy(bytes.data(), values, n * 4);
+      if (n > 0) std::memcpy(bytes.data(), values, n * 4);
       break;
     case DType::kF16:
       for (size_t i = 0; i < n; ++i) {

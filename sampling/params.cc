@@ -1,10 +1,10 @@
 #include "sampling/params.h"
 
 #include <cmath>
-#include "absl/strings/string_view.h"
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace nextserve::sampling {
 namespace {
@@ -30,8 +30,8 @@ absl::Status CheckTokens(absl::string_view field, const std::vector<int32_t>& id
 
 absl::Status SamplingParams::Validate(int64_t vocab_size) const {
   if (vocab_size <= 0 || vocab_size > INT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling: vocab_size ", vocab_size,
-                                                   " must be in [1, 2^31)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling: vocab_size ", vocab_size, " must be in [1, 2^31)"));
   }
   // Written as !(in range) so that NaN fails too.
   if (!(temperature >= 0.0f) || std::isinf(temperature)) {
@@ -59,8 +59,8 @@ absl::Status SamplingParams::Validate(int64_t vocab_size) const {
                                                      ")"));
     }
     if (!(bias >= -100.0f && bias <= 100.0f)) {
-      return absl::InvalidArgumentError(absl::StrCat("sampling params: '", field, "' (token ", token,
-                                                     ") must be in [-100, 100], got ", bias));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampling params: '", field, "' (token ", token, ") must be in [-100, 100], got ", bias));
     }
     if (!biased.insert(token).second) {
       return absl::InvalidArgumentError(

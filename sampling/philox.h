@@ -29,9 +29,9 @@ constexpr PhiloxBlock Philox4x32_10(PhiloxBlock ctr, std::array<uint32_t, 2> key
 // The uniform double in [0, 1) for draw number `step` of stream `seed`: the top 53 bits of the
 // first two output words, times 2^-53 (exact; no library distribution involved).
 constexpr double PhiloxUniform(uint64_t seed, uint64_t step) {
-  const PhiloxBlock r = Philox4x32_10(
-      {static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), 0, 0},
-      {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+  const PhiloxBlock r =
+      Philox4x32_10({static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), 0, 0},
+                    {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
   const uint64_t bits = (uint64_t{r[0]} << 32) | r[1];
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }

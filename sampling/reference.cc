@@ -9,8 +9,7 @@
 
 namespace nextserve::sampling {
 
-std::vector<double> ReferenceProbabilities(std::span<const float> logits,
-                                           const SamplingParams& p,
+std::vector<double> ReferenceProbabilities(std::span<const float> logits, const SamplingParams& p,
                                            std::span<const int32_t> prompt,
                                            std::span<const int32_t> output,
                                            std::span<const int32_t> eos_token_ids) {

@@ -10,6 +10,11 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int kLanes = 8;  // one AVX2 register of floats
+// GCC/Clang vector extensions, where the compiler will not vectorise a loop by itself (it may not
+// reorder a float reduction): eight float lanes, and double lanes for sums.
+typedef float V8f __attribute__((vector_size(32)));
+typedef int32_t V8i __attribute__((vector_size(32)));
+typedef double V4d __attribute__((vector_size(32)));
 constexpr int64_t kProbe = 32;  // tokens tested together before a scalar look
 
 struct InOrder {
@@ -39,10 +44,6 @@ bool AnyAtLeast(const float* x, int64_t lo, float t) {
 }  // namespace
 
 RowMax MaxAndCheck(const float* x, int64_t n) {
-  // GCC/Clang vector extensions: the compiler will not turn a float max reduction into vector
-  // code by itself (it may not reorder it), so the eight lanes are written out.
-  typedef float V8f __attribute__((vector_size(32)));
-  typedef int32_t V8i __attribute__((vector_size(32)));
   V8f acc = {-kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf, -kInf};
   const V8f inf = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
   V8i good = {-1, -1, -1, -1, -1, -1, -1, -1};  // lanes whose values were all < +inf so far
@@ -178,24 +179,50 @@ void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* ou
   }
 }
 
-double CollectAtLeast(const float* x, const float* e, int64_t n, float threshold,
-                      std::vector<int32_t>* out) {
-  out->clear();
-  if (threshold == -kInf) threshold = std::numeric_limits<float>::lowest();
-  double mass = 0;
-  auto visit = [&](int64_t i) {
+Mass MassAtLeast(const float* x, const float* e, int64_t n, float threshold) {
+  V4d acc_lo = {}, acc_hi = {};  // lane j sums the elements i with i % 8 == j (j < 4 / j >= 4)
+  V8i count = {};
+  const V8f t = {threshold, threshold, threshold, threshold,
+                 threshold, threshold, threshold, threshold};
+  const V8f zero = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    V8f xv, ev;
+    std::memcpy(&xv, x + i, sizeof(xv));
+    std::memcpy(&ev, e + i, sizeof(ev));
+    const V8i in = xv >= t;
+    const V8f kept = in ? ev : zero;
+    acc_lo += __builtin_convertvector(__builtin_shufflevector(kept, kept, 0, 1, 2, 3), V4d);
+    acc_hi += __builtin_convertvector(__builtin_shufflevector(kept, kept, 4, 5, 6, 7), V4d);
+    count -= in;  // true is -1
+  }
+  Mass m{((acc_lo[0] + acc_hi[0]) + (acc_lo[1] + acc_hi[1])) +
+             ((acc_lo[2] + acc_hi[2]) + (acc_lo[3] + acc_hi[3])),
+         0};
+  for (int j = 0; j < kLanes; ++j) m.count += count[j];
+  for (; i < n; ++i) {
     if (x[i] >= threshold) {
-      out->push_back(static_cast<int32_t>(i));
-      mass += e[i];
+      m.weight += e[i];
+      ++m.count;
     }
+  }
+  return m;
+}
+
+void CollectBand(const float* x, int64_t n, float lo, float hi, std::vector<int32_t>* out) {
+  out->clear();
+  if (lo == -kInf) lo = std::numeric_limits<float>::lowest();
+  auto visit = [&](int64_t i) {
+    if (x[i] >= lo && x[i] < hi) out->push_back(static_cast<int32_t>(i));
   };
   int64_t i = 0;
   for (; i + kProbe <= n; i += kProbe) {
-    if (!AnyAtLeast(x, i, threshold)) continue;
+    int any = 0;
+    for (int64_t j = i; j < i + kProbe; ++j) any |= (x[j] >= lo) & (x[j] < hi);
+    if (!any) continue;
     for (int64_t j = i; j < i + kProbe; ++j) visit(j);
   }
   for (; i < n; ++i) visit(i);
-  return mass;
 }
 
 void SortInOrder(const float* x, std::span<int32_t> ids) {

@@ -14,7 +14,9 @@ namespace nextserve::sampling::internal {
 
 inline constexpr int64_t kBlock = 1024;  // tokens per partial sum (151,936 → 149 blocks)
 
-inline int64_t NumBlocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
+inline int64_t NumBlocks(int64_t n) {
+  return (n + kBlock - 1) / kBlock;
+}
 
 // exp(x) for x <= 0 (the argument is always (logit - max) / T). Cephes expf's range reduction and
 // polynomial with 2^n built from exponent bits: ~1 ulp, exactly 1 at 0, and 0 below -87 (where the
@@ -75,9 +77,15 @@ int64_t CountKeptAtLeast(const float* x, int64_t n, Cut cut, float v);
 // are skipped after a vectorised test.
 void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* out);
 
-// Replaces *out with every i with x[i] >= threshold (and > -inf); returns their total weight e.
-double CollectAtLeast(const float* x, const float* e, int64_t n, float threshold,
-                      std::vector<int32_t>* out);
+// Total weight e and number of the tokens with x[i] >= threshold (vectorised).
+struct Mass {
+  double weight;
+  int64_t count;
+};
+Mass MassAtLeast(const float* x, const float* e, int64_t n, float threshold);
+
+// Replaces *out with every i with lo <= x[i] < hi and x[i] > -inf.
+void CollectBand(const float* x, int64_t n, float lo, float hi, std::vector<int32_t>* out);
 
 // Sorts ids into the order.
 void SortInOrder(const float* x, std::span<int32_t> ids);

@@ -53,9 +53,9 @@ struct Sampler::Step {
   const float* w = nullptr;
   int64_t n = 0;
   float max = 0;
-  int64_t argmax = -1;   // greedy only
-  double t = 1;  // temperature (1 for greedy logprobs)
-  double total = 0;      // sum of kept weights
+  int64_t argmax = -1;  // greedy only
+  double t = 1;         // temperature (1 for greedy logprobs)
+  double total = 0;     // sum of kept weights
   bool listed = false;
   Cut cut = kKeepFinite;  // !listed: kept tokens; weights in scratch e
 
@@ -91,7 +91,8 @@ absl::StatusOr<Sampler> Sampler::Create(const SamplingParams& params, int64_t vo
     r.seed_ = (uint64_t{device()} << 32) ^ device();
   }
   r.stop_ids_ = params.stop_token_ids;
-  if (!params.ignore_eos) r.stop_ids_.insert(r.stop_ids_.end(), eos_token_ids.begin(), eos_token_ids.end());
+  if (!params.ignore_eos)
+    r.stop_ids_.insert(r.stop_ids_.end(), eos_token_ids.begin(), eos_token_ids.end());
   std::sort(r.stop_ids_.begin(), r.stop_ids_.end());
   r.stop_ids_.erase(std::unique(r.stop_ids_.begin(), r.stop_ids_.end()), r.stop_ids_.end());
   if (params.repetition_penalty != 1.0f) r.seen_.insert(prompt_tokens.begin(), prompt_tokens.end());
@@ -115,7 +116,8 @@ absl::StatusOr<Sampler::Step> Sampler::Prepare(std::span<const float> logits,
   // Steps 1-4 touch only listed tokens: copy the row only when one applies.
   const bool mask = num_generated_ < p.min_tokens && !stop_ids_.empty();
   const bool repeat = p.repetition_penalty != 1.0f && !seen_.empty();
-  const bool counted = (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && !counts_.empty();
+  const bool counted =
+      (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && !counts_.empty();
   const float* w = logits.data();
   int64_t masked_bad = -1;  // a NaN/+inf that the min_tokens mask would hide
   if (mask || repeat || counted || !p.logit_bias.empty()) {
@@ -143,11 +145,11 @@ absl::StatusOr<Sampler::Step> Sampler::Prepare(std::span<const float> logits,
 
   const internal::RowMax row = internal::MaxAndCheck(w, n);
   if (row.first_bad >= 0 || masked_bad >= 0) {
-    const int64_t bad = row.first_bad < 0    ? masked_bad
-                        : masked_bad < 0     ? row.first_bad
-                                             : std::min(row.first_bad, masked_bad);
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sampler: logits[", bad, "] is ", logits[bad], "; NaN and +inf are not allowed"));
+    const int64_t bad = row.first_bad < 0 ? masked_bad
+                        : masked_bad < 0  ? row.first_bad
+                                          : std::min(row.first_bad, masked_bad);
+    return absl::InvalidArgumentError(absl::StrCat("sampler: logits[", bad, "] is ", logits[bad],
+                                                   "; NaN and +inf are not allowed"));
   }
   if (row.max == -kInf) {
     return absl::InvalidArgumentError(
@@ -220,17 +222,46 @@ absl::StatusOr<Sampler::Step> Sampler::Prepare(std::span<const float> logits,
   const double z = internal::ExpAndBlockSums(w, n, m, inv_t, s.e.data(), s.block_sums.data());
   Cut cut = kKeepFinite;
   if (p.top_p < 1.0f) {
-    // Collect the tokens within `nats` of the max (a prefix of the order) until they hold top_p
-    // of the mass, then find the exact boundary among them without sorting them all.
+    // Bisect on the logit for a band [lo, hi) that holds the boundary: the tokens >= hi hold
+    // less than top_p of the mass (all kept), those >= lo at least top_p (all below lo are
+    // dropped). Each probe is one vectorised pass; stop once the band is small, then find the
+    // exact boundary inside it with a weighted quickselect.
     const double mass = p.top_p * z;
-    for (float nats : {4.0f, 8.0f, 16.0f, 32.0f, 64.0f, kInf}) {
-      const float threshold = nats == kInf ? -kInf : static_cast<float>(m - nats * st.t);
-      if (internal::CollectAtLeast(w, s.e.data(), n, threshold, &s.kept) >= mass ||
-          threshold == -kInf) {
-        break;
+    using internal::MassAtLeast;
+    float lo = -kInf, hi = kInf;
+    internal::Mass at_hi{0, 0};
+    internal::Mass at_lo{z, n};
+    if (const internal::Mass top = MassAtLeast(w, s.e.data(), n, m); top.weight >= mass) {
+      lo = m;  // the max (and its ties) already reach top_p
+      at_lo = top;
+    } else {
+      hi = m;
+      at_hi = top;
+      // Below max - 87 T every weight is 0: that floor already holds all the mass.
+      const float floor = static_cast<float>(m - 87.0 * st.t);
+      if (const internal::Mass f = MassAtLeast(w, s.e.data(), n, floor); f.weight >= mass) {
+        lo = floor;
+        at_lo = f;
+      }
+      // A probe (one vectorised pass over n) costs about what quickselect spends on n / 64
+      // band entries (indirect compares): stop there.
+      const int64_t small_band = std::max<int64_t>(256, n / 64);
+      for (int probe = 0; probe < 48 && lo > -kInf && at_lo.count - at_hi.count > small_band;
+           ++probe) {
+        const float mid = lo + (hi - lo) * 0.5f;
+        if (!(mid > lo && mid < hi)) break;  // float resolution: the band is all ties
+        const internal::Mass at_mid = MassAtLeast(w, s.e.data(), n, mid);
+        if (at_mid.weight >= mass) {
+          lo = mid;
+          at_lo = at_mid;
+        } else {
+          hi = mid;
+          at_hi = at_mid;
+        }
       }
     }
-    const size_t k = internal::PrefixReaching(w, s.e.data(), s.kept, mass);
+    internal::CollectBand(w, n, lo, hi, &s.kept);
+    const size_t k = internal::PrefixReaching(w, s.e.data(), s.kept, mass - at_hi.weight);
     const int32_t last = s.kept[k - 1];
     cut = {w[last], last};
   }
@@ -239,8 +270,8 @@ absl::StatusOr<Sampler::Step> Sampler::Prepare(std::span<const float> logits,
     if (threshold > cut.x) cut = {threshold, n - 1};
   }
   st.cut = cut;
-  st.total = cut.x == -kInf ? z
-                            : internal::CutBlockSums(w, s.e.data(), n, cut, s.block_sums.data());
+  st.total =
+      cut.x == -kInf ? z : internal::CutBlockSums(w, s.e.data(), n, cut, s.block_sums.data());
   return st;
 }
 
@@ -266,8 +297,7 @@ absl::StatusOr<SampleResult> Sampler::Sample(std::span<const float> logits) {
       if (cum > target) break;  // else: rounding fallback keeps the last positive one
     }
   } else {
-    token = internal::PickInCut(st.w, s.e.data(), st.n, st.cut, s.block_sums.data(),
-                                u * st.total);
+    token = internal::PickInCut(st.w, s.e.data(), st.n, st.cut, s.block_sums.data(), u * st.total);
   }
 
   SampleResult result;

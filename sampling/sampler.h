@@ -34,8 +34,9 @@
 // rounding of a boundary between two tokens' intervals.
 //
 // Cost per step for a 151,936 vocabulary: no full sort. Greedy is two vectorised passes; top-k
-// is one pass with a size-k heap; top-p without top-k is an exp pass plus a weighted quickselect
-// over the tokens near the top (see bench/sampling_bench.cc for figures).
+// is one pass with a size-k heap, then work on the k survivors only; top-p without top-k is an
+// exp pass, a bisection on the logit with vectorised mass passes, and a weighted quickselect in
+// the small band that holds the boundary (bench/sampling_bench.cc gives figures).
 //
 // Not thread-safe per object; different Samplers may run on different threads at once (scratch
 // memory is per thread).
@@ -99,8 +100,8 @@ class Sampler {
   int64_t vocab_size_ = 0;
   uint64_t seed_ = 0;
   int64_t num_generated_ = 0;
-  std::vector<int32_t> stop_ids_;               // sorted, unique; eos included unless ignore_eos
-  absl::flat_hash_set<int32_t> seen_;           // prompt + output, for repetition_penalty
+  std::vector<int32_t> stop_ids_;                 // sorted, unique; eos included unless ignore_eos
+  absl::flat_hash_set<int32_t> seen_;             // prompt + output, for repetition_penalty
   absl::flat_hash_map<int32_t, int32_t> counts_;  // output counts, for presence/frequency
 };
 

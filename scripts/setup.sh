@@ -9,7 +9,7 @@ APT_PACKAGES=(
   libabsl-dev nlohmann-json3-dev libdnnl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
-  libopenmpi-dev openmpi-bin libpcre2-dev
+  libopenmpi-dev openmpi-bin libpcre2-dev libicu-dev
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -28,3 +28,20 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${NEXTSERVE_CMAKE_ARGS:-}
 fi
 cmake --build "$BUILD_DIR" -j "$(nproc)"
+
+# --- tokenizer: the real Qwen vocabulary and Hugging Face's reference ids (tokenizer/README.md) ---
+# The vocabulary ships in the PyPI package dashscope (resources/qwen.tiktoken); only that file is
+# used, so it is installed without its dependencies. `tokenizers` (HF, Rust) records the reference
+# ids of the corpus. The data under $BUILD_DIR/tokenizer-data is remade when the tools change.
+# Without it the golden tokenizer test skips (and says so), so a failure here only warns.
+tok_stamp="$BUILD_DIR/tokenizer-data/golden/manifest.json"
+if [ ! -f "$tok_stamp" ] || [ -n "$(find tools/make_tokenizer_golden.py tools/make_corpus.py \
+      tools/make_qwen_tokenizer.py -newer "$tok_stamp" 2>/dev/null)" ]; then
+  {
+    python3 -c "import tokenizers" 2>/dev/null ||
+      python3 -m pip install --quiet "tokenizers==0.23.3"
+    python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('dashscope') is None)" ||
+      python3 -m pip install --quiet --no-deps "dashscope==2.0.2"
+    python3 tools/make_tokenizer_golden.py --build-dir "$BUILD_DIR"
+  } || echo "setup: WARNING: tokenizer reference data not made; tokenizer_qwen_golden_test will skip"
+fi

@@ -49,10 +49,12 @@ void BpeModel::InitialSymbols(std::string_view piece, std::vector<int32_t>* ids)
   }
 }
 
-void BpeModel::Encode(std::string_view piece, std::vector<int32_t>* out, Algorithm algorithm) const {
+void BpeModel::Encode(std::string_view piece, std::vector<int32_t>* out,
+                      Algorithm algorithm) const {
   if (piece.empty()) return;
   if (ignore_merges_) {
-    if (auto it = whole_tokens_.find(absl::string_view(piece.data(), piece.size())); it != whole_tokens_.end()) {
+    if (auto it = whole_tokens_.find(absl::string_view(piece.data(), piece.size()));
+        it != whole_tokens_.end()) {
       out->push_back(it->second);
       return;
     }
@@ -111,12 +113,15 @@ void BpeModel::MergeHeap(std::vector<int32_t>* ids_ptr) const {
   }
   struct Candidate {
     int32_t rank, pos, result;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
   auto push = [&](int32_t pos) {
     if (pos < 0 || next[pos] < 0) return;
-    if (const RankedMerge* m = FindMerge(ids[pos], ids[next[pos]])) heap.push({m->rank, pos, m->result});
+    if (const RankedMerge* m = FindMerge(ids[pos], ids[next[pos]]))
+      heap.push({m->rank, pos, m->result});
   };
   for (int32_t i = 0; i + 1 < n; ++i) push(i);
   while (!heap.empty()) {

@@ -11,7 +11,9 @@ namespace nextserve::tokenizer {
 namespace {
 
 // Debian's Abseil has its own string_view type.
-absl::string_view AV(std::string_view s) { return {s.data(), s.size()}; }
+absl::string_view AV(std::string_view s) {
+  return {s.data(), s.size()};
+}
 
 using ojson = nlohmann::ordered_json;
 
@@ -50,7 +52,7 @@ void AppendPythonFloat(double x, std::string* out) {
   if (exp10 < -4 || exp10 >= 16) {
     out->push_back(digits[0]);
     if (digits.size() > 1) absl::StrAppend(out, ".", digits.substr(1));
-    char e[8];
+    char e[16];
     std::snprintf(e, sizeof(e), "e%c%02d", exp10 < 0 ? '-' : '+', std::abs(exp10));
     out->append(e);
     return;
@@ -72,13 +74,27 @@ void AppendPythonString(std::string_view s, std::string* out) {
   out->push_back('"');
   for (char c : s) {
     switch (c) {
-      case '"': out->append("\\\""); break;
-      case '\\': out->append("\\\\"); break;
-      case '\n': out->append("\\n"); break;
-      case '\r': out->append("\\r"); break;
-      case '\t': out->append("\\t"); break;
-      case '\b': out->append("\\b"); break;
-      case '\f': out->append("\\f"); break;
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
+      case '\b':
+        out->append("\\b");
+        break;
+      case '\f':
+        out->append("\\f");
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -94,12 +110,24 @@ void AppendPythonString(std::string_view s, std::string* out) {
 
 void AppendPythonJson(const ojson& v, std::string* out) {
   switch (v.type()) {
-    case ojson::value_t::null: out->append("null"); break;
-    case ojson::value_t::boolean: out->append(v.get<bool>() ? "true" : "false"); break;
-    case ojson::value_t::number_integer: absl::StrAppend(out, v.get<int64_t>()); break;
-    case ojson::value_t::number_unsigned: absl::StrAppend(out, v.get<uint64_t>()); break;
-    case ojson::value_t::number_float: AppendPythonFloat(v.get<double>(), out); break;
-    case ojson::value_t::string: AppendPythonString(v.get_ref<const std::string&>(), out); break;
+    case ojson::value_t::null:
+      out->append("null");
+      break;
+    case ojson::value_t::boolean:
+      out->append(v.get<bool>() ? "true" : "false");
+      break;
+    case ojson::value_t::number_integer:
+      absl::StrAppend(out, v.get<int64_t>());
+      break;
+    case ojson::value_t::number_unsigned:
+      absl::StrAppend(out, v.get<uint64_t>());
+      break;
+    case ojson::value_t::number_float:
+      AppendPythonFloat(v.get<double>(), out);
+      break;
+    case ojson::value_t::string:
+      AppendPythonString(v.get_ref<const std::string&>(), out);
+      break;
     case ojson::value_t::array: {
       out->push_back('[');
       bool first = true;
@@ -124,7 +152,9 @@ void AppendPythonJson(const ojson& v, std::string* out) {
       out->push_back('}');
       break;
     }
-    default: out->append("null"); break;  // binary / discarded: not produced by the parser
+    default:
+      out->append("null");
+      break;  // binary / discarded: not produced by the parser
   }
 }
 
@@ -136,8 +166,8 @@ std::string PythonJsonDumps(const ojson& value) {
   return out;
 }
 
-absl::StatusOr<std::string> RenderChat(absl::Span<const ChatMessage> messages, absl::Span<const ojson> tools,
-                                       bool add_generation_prompt) {
+absl::StatusOr<std::string> RenderChat(absl::Span<const ChatMessage> messages,
+                                       absl::Span<const ojson> tools, bool add_generation_prompt) {
   if (messages.empty()) return absl::InvalidArgumentError("chat: no messages");
   const bool leading_system = messages[0].role == "system";
   if (leading_system && !messages[0].content) {
@@ -199,10 +229,12 @@ absl::StatusOr<std::vector<ChatMessage>> ParseChatMessages(const ojson& messages
     }
     ChatMessage msg;
     msg.role = m["role"].get<std::string>();
-    if (m.contains("content") && m["content"].is_string()) msg.content = m["content"].get<std::string>();
+    if (m.contains("content") && m["content"].is_string())
+      msg.content = m["content"].get<std::string>();
     if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
       const ojson& calls = m["tool_calls"];
-      if (!calls.is_array()) return absl::InvalidArgumentError(absl::StrCat(where, ".tool_calls must be an array"));
+      if (!calls.is_array())
+        return absl::InvalidArgumentError(absl::StrCat(where, ".tool_calls must be an array"));
       for (size_t k = 0; k < calls.size(); ++k) {
         // {"function": {"name", "arguments"}} (OpenAI) or the inner object itself.
         const ojson* fn = &calls[k];
@@ -214,7 +246,8 @@ absl::StatusOr<std::vector<ChatMessage>> ParseChatMessages(const ojson& messages
         if (!fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string()) {
           return absl::InvalidArgumentError(absl::StrCat(at, " needs a string 'name'"));
         }
-        if (!fn->contains("arguments")) return absl::InvalidArgumentError(absl::StrCat(at, " needs 'arguments'"));
+        if (!fn->contains("arguments"))
+          return absl::InvalidArgumentError(absl::StrCat(at, " needs 'arguments'"));
         msg.tool_calls.push_back({(*fn)["name"].get<std::string>(), (*fn)["arguments"]});
       }
     }

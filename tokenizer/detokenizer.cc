@@ -8,7 +8,8 @@ absl::StatusOr<std::string> IncrementalDetokenizer::Add(absl::Span<const int32_t
   // Check first so that a bad id changes nothing.
   for (size_t i = 0; i < ids.size(); ++i) {
     if (!tokenizer_.InRange(ids[i]) || tokenizer_.TokenBytes(ids[i]).empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i], " is not in the vocabulary (ids 0..",
+      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i],
+                                                     " is not in the vocabulary (ids 0..",
                                                      tokenizer_.vocab_size() - 1, ")"));
     }
   }

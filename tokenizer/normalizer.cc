@@ -34,7 +34,8 @@ absl::StatusOr<std::string_view> NfcNormalizer::Normalize(std::string_view text,
   icu::StringByteSink<std::string> sink(storage, static_cast<int32_t>(text.size()));
   nfc->normalizeUTF8(0, piece, sink, nullptr, status);
   if (U_FAILURE(status)) {
-    return absl::InternalError(absl::StrCat("ICU: NFC normalisation failed: ", u_errorName(status)));
+    return absl::InternalError(
+        absl::StrCat("ICU: NFC normalisation failed: ", u_errorName(status)));
   }
   return std::string_view(*storage);
 }

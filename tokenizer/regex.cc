@@ -9,7 +9,9 @@ namespace nextserve::tokenizer {
 namespace {
 
 // Debian's Abseil has its own string_view type.
-absl::string_view AV(std::string_view s) { return {s.data(), s.size()}; }
+absl::string_view AV(std::string_view s) {
+  return {s.data(), s.size()};
+}
 
 std::string Pcre2Message(int code) {
   PCRE2_UCHAR buf[256];
@@ -47,10 +49,12 @@ ThreadMatchState& MatchState() {
 // adds U+180E MONGOLIAN VOWEL SEPARATOR (in its \h list, no longer a space since Unicode 6.3),
 // which splits "-\u180e'" differently. So \s and \S are spelled out as White_Space itself.
 constexpr std::string_view kWhiteSpace =
-    "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"
+    "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{"
+    "202F}"
     "\\x{205F}\\x{3000}";
 
-absl::StatusOr<std::string> TranslateOnigPattern(std::string_view pattern, std::string_view source) {
+absl::StatusOr<std::string> TranslateOnigPattern(std::string_view pattern,
+                                                 std::string_view source) {
   std::string out;
   bool in_class = false;
   for (size_t i = 0; i < pattern.size(); ++i) {
@@ -61,7 +65,8 @@ absl::StatusOr<std::string> TranslateOnigPattern(std::string_view pattern, std::
         out += in_class ? std::string(kWhiteSpace) : absl::StrCat("[", AV(kWhiteSpace), "]");
       } else if (e == 'S') {
         if (in_class) {
-          return absl::UnimplementedError(absl::StrCat(AV(source), ": \\S inside a character class"));
+          return absl::UnimplementedError(
+              absl::StrCat(AV(source), ": \\S inside a character class"));
         }
         out += absl::StrCat("[^", AV(kWhiteSpace), "]");
       } else if (e == 'Q') {
@@ -88,17 +93,21 @@ absl::StatusOr<std::string> TranslateOnigPattern(std::string_view pattern, std::
 
 }  // namespace
 
-void Regex::CodeDeleter::operator()(pcre2_real_code_8* code) const { pcre2_code_free(code); }
+void Regex::CodeDeleter::operator()(pcre2_real_code_8* code) const {
+  pcre2_code_free(code);
+}
 
 absl::StatusOr<Regex> Regex::Compile(std::string_view pattern, std::string_view source) {
   absl::StatusOr<std::string> translated = TranslateOnigPattern(pattern, source);
   if (!translated.ok()) return translated.status();
   int error = 0;
   PCRE2_SIZE offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated->data()), translated->size(),
-                                   PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated->data()), translated->size(),
+                    PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
   if (code == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(AV(source), ": split regex does not compile at offset ",
+    return absl::InvalidArgumentError(absl::StrCat(AV(source),
+                                                   ": split regex does not compile at offset ",
                                                    offset, ": ", Pcre2Message(error)));
   }
   Regex regex;
@@ -111,13 +120,15 @@ absl::StatusOr<Regex> Regex::Compile(std::string_view pattern, std::string_view 
 
 absl::Status Regex::Split(std::string_view text, absl::FunctionRef<void(size_t, size_t)> fn) const {
   ThreadMatchState& st = MatchState();
-  if (st.data == nullptr || st.context == nullptr) return absl::ResourceExhaustedError("PCRE2: out of memory");
+  if (st.data == nullptr || st.context == nullptr)
+    return absl::ResourceExhaustedError("PCRE2: out of memory");
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   const size_t n = text.size();
   size_t pos = 0, gap = 0;
   while (pos < n) {
     // The caller validated the UTF-8, so PCRE2 need not check it again on every call.
-    int rc = jit_ ? pcre2_jit_match(code_.get(), subject, n, pos, PCRE2_NO_UTF_CHECK, st.data, st.context)
+    int rc = jit_ ? pcre2_jit_match(code_.get(), subject, n, pos, PCRE2_NO_UTF_CHECK, st.data,
+                                    st.context)
                   : PCRE2_ERROR_JIT_BADOPTION;
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_JIT_BADOPTION) {
       // The interpreter keeps its backtracking frames on the heap: slower, no stack limit.

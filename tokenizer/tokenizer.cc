@@ -16,7 +16,8 @@ struct ByteLevelAlphabet {
     std::fill(std::begin(byte_of), std::end(byte_of), -1);
     int n = 0;
     for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      const bool printable =
+          (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       const int cp = printable ? b : 256 + n++;
       byte_of[cp] = b;
     }
@@ -76,7 +77,8 @@ PieceCache& ThreadCache(uint64_t owner) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Build(Spec spec, const TokenizerOptions& options) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Build(Spec spec,
+                                                            const TokenizerOptions& options) {
   const std::string& src = spec.source;
   auto tok = std::unique_ptr<Tokenizer>(new Tokenizer());
   tok->options_ = options;
@@ -91,7 +93,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Build(Spec spec, const Tok
   tok->spelling_to_id_.reserve(spec.vocab.size() + spec.added.size());
   for (const auto& [spelling, id] : spec.vocab) {
     if (!tok->spelling_to_id_.emplace(spelling, id).second) {
-      return absl::InvalidArgumentError(absl::StrCat(src, ": token '", spelling, "' appears twice"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(src, ": token '", spelling, "' appears twice"));
     }
     model_bytes[id] = SpellingToBytes(spelling);
     tok->token_bytes_[id] = model_bytes[id];
@@ -105,8 +108,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Build(Spec spec, const Tok
     auto ic = tok->spelling_to_id_.find(absl::StrCat(a, b));
     if (ia == tok->spelling_to_id_.end() || ib == tok->spelling_to_id_.end() ||
         ic == tok->spelling_to_id_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(src, ": merge ", i, " ('", a, "' + '", b,
-                                                     "') uses a token that is not in the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(src, ": merge ", i, " ('", a, "' + '", b,
+                       "') uses a token that is not in the vocabulary"));
     }
     merges.push_back({ia->second, ib->second, ic->second});
   }
@@ -125,26 +129,34 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Build(Spec spec, const Tok
     tok->spelling_to_id_[t.content] = t.id;  // HF looks added tokens up first
     tok->added_.push_back(std::move(t));
   }
+  if (spec.nfc) {
+    absl::StatusOr<NfcNormalizer> nfc = NfcNormalizer::Create();
+    if (!nfc.ok()) return nfc.status();
+    tok->nfc_.emplace(*nfc);
+  }
   for (const AddedToken& t : tok->added_) {
+    // A "normalized" added token is looked for in normalised text, so in its normalised form.
+    std::string text = t.content, storage;
+    if (t.normalized && tok->nfc_) {
+      absl::StatusOr<std::string_view> n = tok->nfc_->Normalize(t.content, &storage);
+      if (!n.ok()) return n.status();
+      text = std::string(*n);
+    }
     const int pass = t.normalized ? 1 : 0;
-    tok->added_by_byte_[pass][static_cast<unsigned char>(t.content[0])].push_back(&t);
+    const auto first = static_cast<unsigned char>(text[0]);
+    tok->added_by_byte_[pass][first].push_back({std::move(text), t.id, t.special});
     tok->any_added_[pass] = true;
   }
   for (auto& pass : tok->added_by_byte_) {
     for (auto& list : pass) {
-      std::stable_sort(list.begin(), list.end(), [](const AddedToken* a, const AddedToken* b) {
-        return a->content.size() > b->content.size();
+      std::stable_sort(list.begin(), list.end(), [](const AddedMatcher& a, const AddedMatcher& b) {
+        return a.text.size() > b.text.size();
       });
     }
   }
   absl::StatusOr<Regex> split = Regex::Compile(spec.split_pattern, src);
   if (!split.ok()) return split.status();
   tok->split_ = *std::move(split);
-  if (spec.nfc) {
-    absl::StatusOr<NfcNormalizer> nfc = NfcNormalizer::Create();
-    if (!nfc.ok()) return nfc.status();
-    tok->nfc_.emplace(*nfc);
-  }
   tok->cache_owner_ = next_cache_owner.fetch_add(1);
   return tok;
 }
@@ -155,16 +167,16 @@ std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {
   return it->second;
 }
 
-std::optional<Tokenizer::Match> Tokenizer::FindAdded(std::string_view text, size_t from, bool normalized,
-                                                     bool specials) const {
+std::optional<Tokenizer::Match> Tokenizer::FindAdded(std::string_view text, size_t from,
+                                                     bool normalized, bool specials) const {
   const int pass = normalized ? 1 : 0;
   if (!any_added_[pass]) return std::nullopt;
   const auto& by_byte = added_by_byte_[pass];
   for (size_t i = from; i < text.size(); ++i) {
     const auto& candidates = by_byte[static_cast<unsigned char>(text[i])];
-    for (const AddedToken* t : candidates) {  // longest first
-      if (t->special && !specials) continue;
-      if (text.compare(i, t->content.size(), t->content) == 0) return Match{i, i + t->content.size(), t->id};
+    for (const AddedMatcher& t : candidates) {  // longest first
+      if (t.special && !specials) continue;
+      if (text.compare(i, t.text.size(), t.text) == 0) return Match{i, i + t.text.size(), t.id};
     }
   }
   return std::nullopt;
@@ -176,7 +188,8 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out) c
     return;
   }
   PieceCache& cache = ThreadCache(cache_owner_);
-  if (auto it = cache.entries.find(absl::string_view(piece.data(), piece.size())); it != cache.entries.end()) {
+  if (auto it = cache.entries.find(absl::string_view(piece.data(), piece.size()));
+      it != cache.entries.end()) {
     const auto [offset, count] = it->second;
     out->insert(out->end(), cache.ids.begin() + offset, cache.ids.begin() + offset + count);
     return;
@@ -185,7 +198,8 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out) c
   bpe_->Encode(piece, out);
   const auto offset = static_cast<uint32_t>(cache.ids.size());
   cache.ids.insert(cache.ids.end(), out->begin() + before, out->end());
-  cache.entries.emplace(std::string(piece), std::make_pair(offset, static_cast<uint32_t>(out->size() - before)));
+  cache.entries.emplace(std::string(piece),
+                        std::make_pair(offset, static_cast<uint32_t>(out->size() - before)));
 }
 
 absl::Status Tokenizer::EncodeText(std::string_view text, std::vector<int32_t>* out) const {
@@ -219,8 +233,8 @@ absl::Status Tokenizer::EncodeNormalized(std::string_view segment, bool specials
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
                                                        const EncodeOptions& options) const {
   if (text.size() > options_.max_input_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("input is ", text.size(), " bytes, more than the limit of ",
-                                                    options_.max_input_bytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input is ", text.size(), " bytes, more than the limit of ", options_.max_input_bytes));
   }
   if (absl::Status s = ValidateUtf8(text); !s.ok()) return s;
   std::vector<int32_t> out;
@@ -229,9 +243,11 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
   // normalised and split on its own.
   size_t pos = 0;
   while (true) {
-    const std::optional<Match> m = FindAdded(text, pos, /*normalized=*/false, options.parse_special);
+    const std::optional<Match> m =
+        FindAdded(text, pos, /*normalized=*/false, options.parse_special);
     const size_t end = m ? m->begin : text.size();
-    if (absl::Status s = EncodeNormalized(text.substr(pos, end - pos), options.parse_special, &out); !s.ok()) {
+    if (absl::Status s = EncodeNormalized(text.substr(pos, end - pos), options.parse_special, &out);
+        !s.ok()) {
       return s;
     }
     if (!m) break;
@@ -241,7 +257,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
   return out;
 }
 
-absl::StatusOr<std::string> Tokenizer::Decode(absl::Span<const int32_t> ids, bool skip_special) const {
+absl::StatusOr<std::string> Tokenizer::Decode(absl::Span<const int32_t> ids,
+                                              bool skip_special) const {
   std::string out;
   Utf8StreamDecoder decoder;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -249,7 +266,8 @@ absl::StatusOr<std::string> Tokenizer::Decode(absl::Span<const int32_t> ids, boo
     // HF silently drops unknown ids; a server must say so instead.
     if (!InRange(id) || (token_bytes_[id].empty())) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", id, " at position ", i,
-                                                     " is not in the vocabulary (ids 0..", vocab_size() - 1, ")"));
+                                                     " is not in the vocabulary (ids 0..",
+                                                     vocab_size() - 1, ")"));
     }
     if (skip_special && special_[id]) continue;
     decoder.Feed(token_bytes_[id], &out);

@@ -58,7 +58,8 @@ class Tokenizer {
                                               const EncodeOptions& options = {}) const;
   // Errors: InvalidArgument naming the first id out of range. Invalid UTF-8 that the ids spell is
   // rendered with U+FFFD, as HF does.
-  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids, bool skip_special = false) const;
+  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
+                                     bool skip_special = false) const;
 
   // The bytes id stands for when decoded ("" for a hole in the id space); id must be in range.
   std::string_view TokenBytes(int32_t id) const { return token_bytes_[id]; }
@@ -74,7 +75,7 @@ class Tokenizer {
  private:
   // What a model file describes, before the tables are built.
   struct Spec {
-    std::string source;  // file name, for messages
+    std::string source;                                  // file name, for messages
     std::vector<std::pair<std::string, int32_t>> vocab;  // byte-level spelling -> id
     std::vector<std::pair<std::string, std::string>> merges;
     std::vector<AddedToken> added;
@@ -83,7 +84,8 @@ class Tokenizer {
     bool ignore_merges = false;
     std::optional<std::string> unk_token;
   };
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Build(Spec spec, const TokenizerOptions& options);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Build(Spec spec,
+                                                          const TokenizerOptions& options);
   static absl::StatusOr<Spec> ParseTokenizerJson(const std::string& path);
 
   // Leftmost-longest search for added tokens; `specials` says whether special ones count.
@@ -93,7 +95,8 @@ class Tokenizer {
   };
   std::optional<Match> FindAdded(std::string_view text, size_t from, bool normalized,
                                  bool specials) const;
-  absl::Status EncodeNormalized(std::string_view text, bool specials, std::vector<int32_t>* out) const;
+  absl::Status EncodeNormalized(std::string_view text, bool specials,
+                                std::vector<int32_t>* out) const;
   absl::Status EncodeText(std::string_view text, std::vector<int32_t>* out) const;
   void EncodePiece(std::string_view piece, std::vector<int32_t>* out) const;
 
@@ -101,12 +104,17 @@ class Tokenizer {
   Regex split_;
   std::optional<NfcNormalizer> nfc_;
   std::optional<BpeModel> bpe_;
-  std::vector<std::string> token_bytes_;   // by id: the bytes the decoder produces
-  std::vector<char> special_;              // by id
+  std::vector<std::string> token_bytes_;  // by id: the bytes the decoder produces
+  std::vector<char> special_;             // by id
   absl::flat_hash_map<std::string, int32_t> spelling_to_id_;
   std::vector<AddedToken> added_;
   // Added tokens by first byte, longest first, for the raw and the normalised pass.
-  std::vector<const AddedToken*> added_by_byte_[2][256];
+  struct AddedMatcher {
+    std::string text;
+    int32_t id;
+    bool special;
+  };
+  std::vector<AddedMatcher> added_by_byte_[2][256];
   bool any_added_[2] = {false, false};
   uint64_t cache_owner_ = 0;  // tags this instance's entries in the per-thread piece cache
 };

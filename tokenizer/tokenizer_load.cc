@@ -14,7 +14,9 @@ namespace {
 using json = nlohmann::json;
 
 // Debian's Abseil has its own string_view type.
-absl::string_view AV(std::string_view s) { return {s.data(), s.size()}; }
+absl::string_view AV(std::string_view s) {
+  return {s.data(), s.size()};
+}
 
 // Qwen2Tokenizer's split regex; the slow files (vocab.json + merges.txt) do not carry one.
 constexpr std::string_view kQwen2Pattern =
@@ -40,18 +42,22 @@ absl::StatusOr<json> ReadJson(const std::string& path) {
   return j;
 }
 
-bool FileExists(const std::string& path) { return std::ifstream(path).good(); }
+bool FileExists(const std::string& path) {
+  return std::ifstream(path).good();
+}
 
 absl::Status Unsupported(const std::string& source, std::string_view field, const json& value) {
-  return absl::UnimplementedError(
-      absl::StrCat(source, ": ", AV(field), " = ", value.dump(), " is not supported by this tokenizer"));
+  return absl::UnimplementedError(absl::StrCat(source, ": ", AV(field), " = ", value.dump(),
+                                               " is not supported by this tokenizer"));
 }
 
 absl::Status BadField(const std::string& source, std::string_view field, std::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(source, ": field '", AV(field), "' ", AV(what)));
 }
 
-bool IsNullOrEmpty(const json& j) { return j.is_null() || (j.is_string() && j.get<std::string>().empty()); }
+bool IsNullOrEmpty(const json& j) {
+  return j.is_null() || (j.is_string() && j.get<std::string>().empty());
+}
 
 absl::Status ParseNormalizer(const std::string& source, const json& j, bool* nfc) {
   if (j.is_null()) return absl::OkStatus();
@@ -112,7 +118,8 @@ absl::Status ParsePreTokenizer(const std::string& source, const json& j, std::st
 
 absl::StatusOr<AddedToken> ParseAddedToken(const std::string& source, const json& j, int64_t id) {
   if (!j.is_object() || !j.contains("content") || !j["content"].is_string()) {
-    return BadField(source, "added_tokens", absl::StrCat("entry for id ", id, " has no 'content' string"));
+    return BadField(source, "added_tokens",
+                    absl::StrCat("entry for id ", id, " has no 'content' string"));
   }
   AddedToken t;
   t.id = static_cast<int32_t>(id);
@@ -120,9 +127,11 @@ absl::StatusOr<AddedToken> ParseAddedToken(const std::string& source, const json
   t.special = j.value("special", false);
   t.normalized = j.value("normalized", !t.special);
   if (j.value("lstrip", false) || j.value("rstrip", false) || j.value("single_word", false)) {
-    return Unsupported(source, absl::StrCat("added token '", t.content, "' (lstrip/rstrip/single_word)"), j);
+    return Unsupported(
+        source, absl::StrCat("added token '", t.content, "' (lstrip/rstrip/single_word)"), j);
   }
-  if (t.content.empty()) return BadField(source, "added_tokens", absl::StrCat("id ", id, " has empty content"));
+  if (t.content.empty())
+    return BadField(source, "added_tokens", absl::StrCat("id ", id, " has empty content"));
   return t;
 }
 
@@ -134,37 +143,45 @@ absl::StatusOr<Tokenizer::Spec> Tokenizer::ParseTokenizerJson(const std::string&
   const json& j = *root;
   Spec spec;
   spec.source = path;
-  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": top level must be an object"));
-  if (absl::Status s = ParseNormalizer(path, j.value("normalizer", json()), &spec.nfc); !s.ok()) return s;
+  if (!j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": top level must be an object"));
+  if (absl::Status s = ParseNormalizer(path, j.value("normalizer", json()), &spec.nfc); !s.ok())
+    return s;
   bool byte_level = false;
-  if (absl::Status s = ParsePreTokenizer(path, j.value("pre_tokenizer", json()), &spec.split_pattern,
-                                         &byte_level);
+  if (absl::Status s = ParsePreTokenizer(path, j.value("pre_tokenizer", json()),
+                                         &spec.split_pattern, &byte_level);
       !s.ok()) {
     return s;
   }
-  if (!byte_level) return Unsupported(path, "pre_tokenizer (not byte-level)", j.value("pre_tokenizer", json()));
+  if (!byte_level)
+    return Unsupported(path, "pre_tokenizer (not byte-level)", j.value("pre_tokenizer", json()));
   const json& decoder = j.value("decoder", json());
-  if (!decoder.is_null() && decoder.value("type", "") != "ByteLevel") return Unsupported(path, "decoder", decoder);
+  if (!decoder.is_null() && decoder.value("type", "") != "ByteLevel")
+    return Unsupported(path, "decoder", decoder);
 
   const json& model = j.value("model", json());
-  if (!model.is_object() || model.value("type", "BPE") != "BPE") return Unsupported(path, "model.type", model.value("type", json()));
+  if (!model.is_object() || model.value("type", "BPE") != "BPE")
+    return Unsupported(path, "model.type", model.value("type", json()));
   const json& dropout = model.value("dropout", json());
   if (!(dropout.is_null() || (dropout.is_number() && dropout.get<double>() == 0.0))) {
     return Unsupported(path, "model.dropout", dropout);
   }
   if (model.value("byte_fallback", false)) return Unsupported(path, "model.byte_fallback", true);
   for (const char* f : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    if (!IsNullOrEmpty(model.value(f, json()))) return Unsupported(path, absl::StrCat("model.", f), model[f]);
+    if (!IsNullOrEmpty(model.value(f, json())))
+      return Unsupported(path, absl::StrCat("model.", f), model[f]);
   }
   spec.ignore_merges = model.value("ignore_merges", false);
-  if (model.contains("unk_token") && model["unk_token"].is_string()) spec.unk_token = model["unk_token"].get<std::string>();
+  if (model.contains("unk_token") && model["unk_token"].is_string())
+    spec.unk_token = model["unk_token"].get<std::string>();
 
   const json& vocab = model.value("vocab", json());
   if (!vocab.is_object()) return BadField(path, "model.vocab", "must be an object");
   spec.vocab.reserve(vocab.size());
   for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= INT32_MAX) {
-      return BadField(path, "model.vocab", absl::StrCat("id of '", token, "' is not a non-negative integer"));
+      return BadField(path, "model.vocab",
+                      absl::StrCat("id of '", token, "' is not a non-negative integer"));
     }
     spec.vocab.emplace_back(token, static_cast<int32_t>(id.get<int64_t>()));
   }
@@ -178,20 +195,22 @@ absl::StatusOr<Tokenizer::Spec> Tokenizer::ParseTokenizerJson(const std::string&
       const std::string s = m.get<std::string>();
       const size_t sp = s.find(' ');
       if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-        return BadField(path, absl::StrCat("model.merges[", i, "]"), absl::StrCat("'", s, "' is not 'a b'"));
+        return BadField(path, absl::StrCat("model.merges[", i, "]"),
+                        absl::StrCat("'", s, "' is not 'a b'"));
       }
       spec.merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       spec.merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
     } else {
-      return BadField(path, absl::StrCat("model.merges[", i, "]"), "is neither \"a b\" nor [\"a\", \"b\"]");
+      return BadField(path, absl::StrCat("model.merges[", i, "]"),
+                      "is neither \"a b\" nor [\"a\", \"b\"]");
     }
   }
   const json& added = j.value("added_tokens", json::array());
   if (!added.is_array()) return BadField(path, "added_tokens", "must be an array");
   for (const json& a : added) {
-    if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 ||
-        a["id"].get<int64_t>() >= INT32_MAX) {
+    if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
+        a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() >= INT32_MAX) {
       return BadField(path, "added_tokens", "has an entry without a valid 'id'");
     }
     absl::StatusOr<AddedToken> t = ParseAddedToken(path, a, a["id"].get<int64_t>());
@@ -201,17 +220,16 @@ absl::StatusOr<Tokenizer::Spec> Tokenizer::ParseTokenizerJson(const std::string&
   return spec;
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromTokenizerJson(const std::string& path,
-                                                                        const TokenizerOptions& options) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromTokenizerJson(
+    const std::string& path, const TokenizerOptions& options) {
   absl::StatusOr<Spec> spec = ParseTokenizerJson(path);
   if (!spec.ok()) return spec.status();
   return Build(*std::move(spec), options);
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabAndMerges(const std::string& vocab_path,
-                                                                        const std::string& merges_path,
-                                                                        const std::string& config_path,
-                                                                        const TokenizerOptions& options) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabAndMerges(
+    const std::string& vocab_path, const std::string& merges_path, const std::string& config_path,
+    const TokenizerOptions& options) {
   Spec spec;
   spec.source = vocab_path;
   spec.nfc = true;
@@ -234,7 +252,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabAndMerges(const s
     if (line.empty() || (n == 1 && line.rfind("#version", 0) == 0)) continue;
     const size_t sp = line.find(' ');
     if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(merges_path, ":", n, ": '", line, "' is not 'a b'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(merges_path, ":", n, ": '", line, "' is not 'a b'"));
     }
     spec.merges.emplace_back(line.substr(0, sp), line.substr(sp + 1));
   }
@@ -242,14 +261,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabAndMerges(const s
     absl::StatusOr<json> config = ReadJson(config_path);
     if (!config.ok()) return config.status();
     const json& decoder = config->value("added_tokens_decoder", json::object());
-    if (!decoder.is_object()) return BadField(config_path, "added_tokens_decoder", "must be an object");
+    if (!decoder.is_object())
+      return BadField(config_path, "added_tokens_decoder", "must be an object");
     for (const auto& [key, value] : decoder.items()) {
       int64_t id = -1;
       try {
         id = std::stoll(key);
       } catch (...) {
       }
-      if (id < 0 || id >= INT32_MAX) return BadField(config_path, "added_tokens_decoder", absl::StrCat("key '", key, "' is not an id"));
+      if (id < 0 || id >= INT32_MAX)
+        return BadField(config_path, "added_tokens_decoder",
+                        absl::StrCat("key '", key, "' is not an id"));
       absl::StatusOr<AddedToken> t = ParseAddedToken(config_path, value, id);
       if (!t.ok()) return t.status();
       spec.added.push_back(*std::move(t));

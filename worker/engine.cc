@@ -141,6 +141,7 @@ void Engine::Loop() {
 void Engine::Step() {
   std::vector<std::unique_ptr<Request>> unservable;
   std::vector<ScheduledWork> work = scheduler_.Schedule(model_.cache_pool(), &unservable);
+  PublishLoad();  // admitted requests show as running before their first tokens go out
   for (auto& r : unservable) {
     Finish(r.get(), Finish::kError,
            absl::StrCat("request '", r->id, "' needs more KV blocks than this rank has"));

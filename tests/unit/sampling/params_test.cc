@@ -65,15 +65,30 @@ TEST(SamplingParamsTest, ErrorsNameTheField) {
       {[](SamplingParams& p) { p.repetition_penalty = -1; }, {"'repetition_penalty'"}},
       {[](SamplingParams& p) { p.presence_penalty = 2.5f; }, {"'presence_penalty'", "[-2, 2]"}},
       {[](SamplingParams& p) { p.frequency_penalty = -3; }, {"'frequency_penalty'", "[-2, 2]"}},
-      {[](SamplingParams& p) { p.logit_bias = {{5, 1}, {100, 1}}; },
+      {[](SamplingParams& p) {
+         p.logit_bias = {{5, 1}, {100, 1}};
+       },
        {"'logit_bias[1]'", "token 100", "[0, 100)"}},
-      {[](SamplingParams& p) { p.logit_bias = {{-1, 1}}; }, {"'logit_bias[0]'", "token -1"}},
-      {[](SamplingParams& p) { p.logit_bias = {{7, 101}}; },
+      {[](SamplingParams& p) {
+         p.logit_bias = {{-1, 1}};
+       },
+       {"'logit_bias[0]'", "token -1"}},
+      {[](SamplingParams& p) {
+         p.logit_bias = {{7, 101}};
+       },
        {"'logit_bias[0]'", "token 7", "[-100, 100]"}},
-      {[](SamplingParams& p) { p.logit_bias = {{7, kNaN}}; }, {"'logit_bias[0]'"}},
-      {[](SamplingParams& p) { p.logit_bias = {{7, 1}, {7, 2}}; },
+      {[](SamplingParams& p) {
+         p.logit_bias = {{7, kNaN}};
+       },
+       {"'logit_bias[0]'"}},
+      {[](SamplingParams& p) {
+         p.logit_bias = {{7, 1}, {7, 2}};
+       },
        {"'logit_bias[1]'", "token 7", "twice"}},
-      {[](SamplingParams& p) { p.stop_token_ids = {3, 100}; }, {"'stop_token_ids[1]'", "100"}},
+      {[](SamplingParams& p) {
+         p.stop_token_ids = {3, 100};
+       },
+       {"'stop_token_ids[1]'", "100"}},
       {[](SamplingParams& p) { p.min_tokens = -1; }, {"'min_tokens'"}},
       {[](SamplingParams& p) { p.logprobs = 21; }, {"'logprobs'", "21", "[0, 20]"}},
       {[](SamplingParams& p) { p.logprobs = -2; }, {"'logprobs'"}},

@@ -28,10 +28,18 @@ std::vector<float> RandomRow(std::mt19937& rng, int64_t n) {
   std::uniform_int_distribution<int> level(-3, 3);
   for (int64_t i = 0; i < n; ++i) {
     switch (kind) {
-      case 0: row[i] = normal(rng); break;
-      case 1: row[i] = 0.5f * static_cast<float>(level(rng)); break;  // many exact ties
-      case 2: row[i] = (i % 5 == 1) ? -kInf : normal(rng); break;
-      default: row[i] = normal(rng) + (i % 97 == 0 ? 12.0f : 0.0f); break;  // a few spikes
+      case 0:
+        row[i] = normal(rng);
+        break;
+      case 1:
+        row[i] = 0.5f * static_cast<float>(level(rng));
+        break;  // many exact ties
+      case 2:
+        row[i] = (i % 5 == 1) ? -kInf : normal(rng);
+        break;
+      default:
+        row[i] = normal(rng) + (i % 97 == 0 ? 12.0f : 0.0f);
+        break;  // a few spikes
     }
   }
   if (kind == 2) row[0] = 0;  // at least one finite
@@ -91,8 +99,7 @@ void CheckCase(std::mt19937& rng, int64_t n, int trial) {
   const std::vector<double> want = ReferenceProbabilities(row, p, prompt, output, eos);
   absl::StatusOr<std::vector<float>> got = s.Probabilities(row);
   if (!got.ok()) {  // only when steps 1-4 masked every token; the reference then has no max
-    ASSERT_TRUE(absl::StrContains(got.status().message(), "every token is masked"))
-        << got.status();
+    ASSERT_TRUE(absl::StrContains(got.status().message(), "every token is masked")) << got.status();
     return;
   }
   const std::string where = ::testing::PrintToString(trial) + " n=" + std::to_string(n) +

@@ -33,10 +33,18 @@ std::vector<float> MakeRow(int kind, int64_t n, std::mt19937& rng) {
   std::uniform_int_distribution<int> level(0, 5);
   for (int64_t i = 0; i < n; ++i) {
     switch (kind) {
-      case 0: x[i] = normal(rng); break;
-      case 1: x[i] = static_cast<float>(level(rng)); break;
-      case 2: x[i] = static_cast<float>(i) * 0.01f; break;
-      default: x[i] = (i % 3 == 0) ? -kInf : normal(rng); break;
+      case 0:
+        x[i] = normal(rng);
+        break;
+      case 1:
+        x[i] = static_cast<float>(level(rng));
+        break;
+      case 2:
+        x[i] = static_cast<float>(i) * 0.01f;
+        break;
+      default:
+        x[i] = (i % 3 == 0) ? -kInf : normal(rng);
+        break;
     }
   }
   return x;
@@ -131,6 +139,38 @@ TEST(RowOpsTest, PrefixReachingMatchesSortedScan) {
         EXPECT_TRUE(std::equal(kept.begin(), kept.end(), order.begin()));
         EXPECT_EQ(c[got - 1], order[got - 1]);  // the K-th entry is the last of the prefix
       }
+    }
+  }
+}
+
+TEST(RowOpsTest, MassAtLeastAndCollectBand) {
+  std::mt19937 rng(5);
+  for (int kind = 0; kind < 4; ++kind) {
+    const int64_t n = 4101;
+    const std::vector<float> x = MakeRow(kind, n, rng);
+    std::vector<float> e(n);
+    for (int64_t i = 0; i < n; ++i) e[i] = x[i] == -kInf ? 0.0f : std::exp(x[i] / 20.0f);
+    for (float t : {-kInf, -1.0f, 0.0f, 0.5f, 2.0f, 100.0f}) {
+      double weight = 0;
+      int64_t count = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (x[i] >= t) {
+          weight += e[i];
+          ++count;
+        }
+      }
+      const Mass m = MassAtLeast(x.data(), e.data(), n, t);
+      EXPECT_EQ(m.count, count) << kind << " " << t;
+      EXPECT_NEAR(m.weight, weight, 1e-9 * weight) << kind << " " << t;
+    }
+    for (auto [lo, hi] : {std::pair{-kInf, 0.0f}, {0.0f, 1.0f}, {1.0f, kInf}, {-kInf, kInf}}) {
+      std::vector<int32_t> got = {42};  // replaced, not appended to
+      CollectBand(x.data(), n, lo, hi, &got);
+      std::vector<int32_t> want;
+      for (int32_t i = 0; i < n; ++i) {
+        if (x[i] > -kInf && x[i] >= lo && x[i] < hi) want.push_back(i);
+      }
+      EXPECT_EQ(got, want) << kind << " [" << lo << ", " << hi << ")";
     }
   }
 }

@@ -31,7 +31,8 @@ TEST(BpeModel, ScanAndHeapAgree) {
   ASSERT_TRUE(bpe.ok()) << bpe.status();
   for (int iter = 0; iter < 3000; ++iter) {
     std::string piece;
-    for (int i = 1 + rng() % (iter % 10 == 0 ? 400 : 40); i > 0; --i) piece.push_back(letters[rng() % 4]);
+    for (int i = 1 + rng() % (iter % 10 == 0 ? 400 : 40); i > 0; --i)
+      piece.push_back(letters[rng() % 4]);
     std::vector<int32_t> scan, heap;
     bpe->Encode(piece, &scan, BpeModel::Algorithm::kScan);
     bpe->Encode(piece, &heap, BpeModel::Algorithm::kHeap);
@@ -48,7 +49,8 @@ TEST(BpeModel, LowestRankFirstLeftmostOnTies) {
   for (int b = 0; b < 256; ++b) tokens.push_back(std::string(1, static_cast<char>(b)));
   tokens.push_back("aa");
   tokens.push_back("ab");
-  absl::StatusOr<BpeModel> bpe = BpeModel::Create(tokens, {{'a', 'a', 256}, {'a', 'b', 257}}, false, -1);
+  absl::StatusOr<BpeModel> bpe =
+      BpeModel::Create(tokens, {{'a', 'a', 256}, {'a', 'b', 257}}, false, -1);
   ASSERT_TRUE(bpe.ok());
   for (auto algo : {BpeModel::Algorithm::kScan, BpeModel::Algorithm::kHeap}) {
     std::vector<int32_t> ids;

@@ -15,7 +15,8 @@ using ojson = nlohmann::ordered_json;
 
 ojson LoadCases() {
   const char* root = std::getenv("NEXTSERVE_SOURCE_DIR");
-  const std::string path = std::string(root ? root : ".") + "/tests/golden/tokenizer/chat_cases.json";
+  const std::string path =
+      std::string(root ? root : ".") + "/tests/golden/tokenizer/chat_cases.json";
   std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -24,7 +25,8 @@ ojson LoadCases() {
 
 TEST(ChatTemplate, MatchesTransformersOnRecordedConversations) {
   const ojson data = LoadCases();
-  ASSERT_FALSE(data.is_discarded()) << "chat_cases.json missing or not JSON (NEXTSERVE_SOURCE_DIR?)";
+  ASSERT_FALSE(data.is_discarded())
+      << "chat_cases.json missing or not JSON (NEXTSERVE_SOURCE_DIR?)";
   ASSERT_GE(data["cases"].size(), 20u);
   for (const ojson& c : data["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
@@ -42,22 +44,35 @@ TEST(ChatTemplate, RejectsWhatTheTemplateCannotRender) {
   EXPECT_EQ(RenderChat({}, {}, true).status().code(), absl::StatusCode::kInvalidArgument);
   std::vector<ChatMessage> no_content = {{"system", std::nullopt, {}}};
   EXPECT_EQ(RenderChat(no_content, {}, true).status().code(), absl::StatusCode::kInvalidArgument);
-  auto bad = ParseChatMessages(ojson::parse(R"([{"role": "assistant", "tool_calls": [{"function": {}}]}])"));
+  auto bad = ParseChatMessages(
+      ojson::parse(R"([{"role": "assistant", "tool_calls": [{"function": {}}]}])"));
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("messages[0].tool_calls[0]"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("messages[0].tool_calls[0]"), std::string::npos)
+      << bad.status();
   EXPECT_FALSE(ParseChatMessages(ojson::parse(R"([{"content": "x"}])")).ok());
 }
 
 TEST(PythonJsonDumps, FormatsLikePython) {
   // Expected strings are Python 3.11's json.dumps(..., ensure_ascii=False).
   const std::pair<const char*, const char*> cases[] = {
-      {"1.0", "1.0"},         {"100000.0", "100000.0"},   {"1e-05", "1e-05"},     {"0.0001", "0.0001"},
-      {"1e16", "1e+16"},      {"1e15", "1000000000000000.0"}, {"-0.0", "-0.0"},   {"0.1", "0.1"},
-      {"1.5e300", "1.5e+300"}, {"123456789.125", "123456789.125"}, {"2.5e-7", "2.5e-07"},
-      {"-3", "-3"},           {"18446744073709551615", "18446744073709551615"},
+      {"1.0", "1.0"},
+      {"100000.0", "100000.0"},
+      {"1e-05", "1e-05"},
+      {"0.0001", "0.0001"},
+      {"1e16", "1e+16"},
+      {"1e15", "1000000000000000.0"},
+      {"-0.0", "-0.0"},
+      {"0.1", "0.1"},
+      {"1.5e300", "1.5e+300"},
+      {"123456789.125", "123456789.125"},
+      {"2.5e-7", "2.5e-07"},
+      {"-3", "-3"},
+      {"18446744073709551615", "18446744073709551615"},
       {R"({"b": [1, {"a": null}], "a": true})", R"({"b": [1, {"a": null}], "a": true})"},
-      {R"("tab\t nl\n quote\" bs\\ ctl\u0001 del\u007f é 中")", "\"tab\\t nl\\n quote\\\" bs\\\\ ctl\\u0001 del\x7f é 中\""},
-      {"[]", "[]"},           {"{}", "{}"},
+      {R"("tab\t nl\n quote\" bs\\ ctl\u0001 del\u007f é 中")",
+       "\"tab\\t nl\\n quote\\\" bs\\\\ ctl\\u0001 del\x7f é 中\""},
+      {"[]", "[]"},
+      {"{}", "{}"},
   };
   for (const auto& [in, want] : cases) EXPECT_EQ(PythonJsonDumps(ojson::parse(in)), want) << in;
 }

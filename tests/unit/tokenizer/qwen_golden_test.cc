@@ -93,9 +93,9 @@ TEST_F(QwenGolden, VocabularyMatchesTheSpec) {
   EXPECT_EQ(tokenizer_->vocab_size(), 151669);
   ASSERT_EQ(tokenizer_->added_tokens().size(), 26u);
   const std::pair<int32_t, const char*> spec[] = {
-      {151643, "<|endoftext|>"}, {151644, "<|im_start|>"}, {151645, "<|im_end|>"},
-      {151657, "<tool_call>"},   {151658, "</tool_call>"}, {151662, "<|fim_pad|>"},
-      {151665, "<tool_response>"}, {151667, "<think>"},    {151668, "</think>"}};
+      {151643, "<|endoftext|>"},   {151644, "<|im_start|>"}, {151645, "<|im_end|>"},
+      {151657, "<tool_call>"},     {151658, "</tool_call>"}, {151662, "<|fim_pad|>"},
+      {151665, "<tool_response>"}, {151667, "<think>"},      {151668, "</think>"}};
   for (const auto& [id, text] : spec) EXPECT_EQ(tokenizer_->TokenToId(text), id) << text;
   EXPECT_TRUE(tokenizer_->IsSpecial(151644));
   EXPECT_FALSE(tokenizer_->IsSpecial(151657));
@@ -104,14 +104,15 @@ TEST_F(QwenGolden, VocabularyMatchesTheSpec) {
 
 TEST_F(QwenGolden, CorpusIdForIdWithSpecialTextParsed) {
   size_t bytes = 0, docs = 0;
-  ForEachDocument([&](const json& doc, const std::string&, const std::string& text, const fs::path& g) {
-    auto ids = tokenizer_->Encode(text, {.parse_special = true});
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    const Ids want = ReadIds(g.string() + ".ids");
-    EXPECT_TRUE(*ids == want) << Where(want, *ids);
-    bytes += text.size();
-    ++docs;
-  });
+  ForEachDocument(
+      [&](const json& doc, const std::string&, const std::string& text, const fs::path& g) {
+        auto ids = tokenizer_->Encode(text, {.parse_special = true});
+        ASSERT_TRUE(ids.ok()) << ids.status();
+        const Ids want = ReadIds(g.string() + ".ids");
+        EXPECT_TRUE(*ids == want) << Where(want, *ids);
+        bytes += text.size();
+        ++docs;
+      });
   EXPECT_GE(bytes, 2u << 20);
   EXPECT_GE(docs, 30u);
 }
@@ -127,8 +128,9 @@ TEST_F(QwenGolden, CorpusIdForIdWithSpecialTextNotParsed) {
 
 TEST_F(QwenGolden, SlowFilesGiveTheSameIds) {
   const fs::path q = DataDir() / "qwen";
-  auto slow = Tokenizer::FromVocabAndMerges((q / "vocab.json").string(), (q / "merges.txt").string(),
-                                            (q / "tokenizer_config.json").string());
+  auto slow =
+      Tokenizer::FromVocabAndMerges((q / "vocab.json").string(), (q / "merges.txt").string(),
+                                    (q / "tokenizer_config.json").string());
   ASSERT_TRUE(slow.ok()) << slow.status();
   EXPECT_EQ((*slow)->vocab_size(), tokenizer_->vocab_size());
   ForEachDocument([&](const json&, const std::string&, const std::string& text, const fs::path& g) {
@@ -141,13 +143,15 @@ TEST_F(QwenGolden, SlowFilesGiveTheSameIds) {
 
 // decode(encode(x)) is x, or NFC(x) where x was not in NFC (HF says the same).
 TEST_F(QwenGolden, RoundTrip) {
-  ForEachDocument([&](const json& doc, const std::string&, const std::string& text, const fs::path& g) {
-    const Ids ids = ReadIds(g.string() + ".ids");
-    auto back = tokenizer_->Decode(ids);
-    ASSERT_TRUE(back.ok()) << back.status();
-    const std::string want = doc["roundtrip_is_input"].get<bool>() ? text : ReadAll(g.string() + ".decoded");
-    EXPECT_TRUE(*back == want) << "decoded text differs";
-  });
+  ForEachDocument(
+      [&](const json& doc, const std::string&, const std::string& text, const fs::path& g) {
+        const Ids ids = ReadIds(g.string() + ".ids");
+        auto back = tokenizer_->Decode(ids);
+        ASSERT_TRUE(back.ok()) << back.status();
+        const std::string want =
+            doc["roundtrip_is_input"].get<bool>() ? text : ReadAll(g.string() + ".decoded");
+        EXPECT_TRUE(*back == want) << "decoded text differs";
+      });
 }
 
 // Streaming one id at a time gives the whole decode, in well-formed pieces.
@@ -188,8 +192,8 @@ TEST_F(QwenGolden, DecodeMatchesHfOnInvalidBytes) {
 
 TEST_F(QwenGolden, ChatTemplateIds) {
   const char* root = std::getenv("NEXTSERVE_SOURCE_DIR");
-  const json data =
-      json::parse(ReadAll(fs::path(root ? root : ".") / "tests" / "golden" / "tokenizer" / "chat_cases.json"));
+  const json data = json::parse(
+      ReadAll(fs::path(root ? root : ".") / "tests" / "golden" / "tokenizer" / "chat_cases.json"));
   for (const json& c : data["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
     auto ids = tokenizer_->Encode(c["text"].get<std::string>(), {.parse_special = true});

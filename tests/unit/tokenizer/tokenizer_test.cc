@@ -23,7 +23,8 @@ std::string ByteSpelling(int b) {
     std::vector<std::string> t(256);
     int n = 0;
     for (int x = 0; x < 256; ++x) {
-      const bool printable = (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
+      const bool printable =
+          (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
       const int cp = printable ? x : 256 + n++;
       std::string s;
       if (cp < 0x80) {
@@ -54,9 +55,16 @@ struct Fixture {
   std::vector<std::pair<std::string, std::string>> merges;
   Fixture() {
     for (int b = 0; b < 256; ++b) vocab[ByteSpelling(b)] = b;
-    for (auto [a, b] : std::vector<std::pair<std::string, std::string>>{
-             {"h", "e"}, {"l", "l"}, {"he", "ll"}, {"hell", "o"}, {" ", "w"}, {" w", "o"}, {"o", "r"},
-             {" wo", "r"}, {"l", "d"}, {" wor", "ld"}}) {
+    for (auto [a, b] : std::vector<std::pair<std::string, std::string>>{{"h", "e"},
+                                                                        {"l", "l"},
+                                                                        {"he", "ll"},
+                                                                        {"hell", "o"},
+                                                                        {" ", "w"},
+                                                                        {" w", "o"},
+                                                                        {"o", "r"},
+                                                                        {" wo", "r"},
+                                                                        {"l", "d"},
+                                                                        {" wor", "ld"}}) {
       merges.emplace_back(Spell(a), Spell(b));
       vocab[Spell(a + b)] = static_cast<int>(vocab.size());
     }
@@ -70,19 +78,27 @@ struct Fixture {
   }
   json TokenizerJson(bool string_merges) const {
     json m = json::array();
-    for (const auto& [a, b] : merges) m.push_back(string_merges ? json(a + " " + b) : json::array({a, b}));
+    for (const auto& [a, b] : merges)
+      m.push_back(string_merges ? json(a + " " + b) : json::array({a, b}));
     return {{"version", "1.0"},
             {"added_tokens", Added()},
             {"normalizer", {{"type", "NFC"}}},
             {"pre_tokenizer",
              {{"type", "Sequence"},
-              {"pretokenizers", json::array({{{"type", "Split"}, {"pattern", {{"Regex", kPattern}}},
-                                              {"behavior", "Isolated"}, {"invert", false}},
-                                             {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                                              {"use_regex", false}}})}}},
+              {"pretokenizers",
+               json::array(
+                   {{{"type", "Split"},
+                     {"pattern", {{"Regex", kPattern}}},
+                     {"behavior", "Isolated"},
+                     {"invert", false}},
+                    {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}}},
             {"decoder", {{"type", "ByteLevel"}}},
-            {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"vocab", vocab},
-                       {"merges", m}}}};
+            {"model",
+             {{"type", "BPE"},
+              {"dropout", nullptr},
+              {"unk_token", nullptr},
+              {"vocab", vocab},
+              {"merges", m}}}};
   }
 };
 
@@ -107,7 +123,8 @@ TEST_F(TokenizerFiles, BothMergeSpellingsAndTheSlowFilesAgree) {
   std::string merges_txt = "#version: 0.2\n";
   for (const auto& [a, b] : fx_.merges) merges_txt += a + " " + b + "\n";
   json config = {{"added_tokens_decoder", json::object()}};
-  for (const json& a : fx_.Added()) config["added_tokens_decoder"][std::to_string(a["id"].get<int>())] = a;
+  for (const json& a : fx_.Added())
+    config["added_tokens_decoder"][std::to_string(a["id"].get<int>())] = a;
   const std::string vocab = Write("vocab.json", fx_.vocab.dump());
   const std::string merges = Write("merges.txt", merges_txt);
   const std::string cfg = Write("tokenizer_config.json", config.dump());
@@ -119,9 +136,11 @@ TEST_F(TokenizerFiles, BothMergeSpellingsAndTheSlowFilesAgree) {
   ASSERT_TRUE(b.ok()) << b.status();
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*a)->vocab_size(), 303);
-  for (std::string text : {"hello world", "hello  world\n\nhello", "<|im_start|>hello<tool_call>", "héllo 123"}) {
+  for (std::string text :
+       {"hello world", "hello  world\n\nhello", "<|im_start|>hello<tool_call>", "héllo 123"}) {
     EncodeOptions special{.parse_special = true};
-    auto ia = (*a)->Encode(text, special), ib = (*b)->Encode(text, special), ic = (*c)->Encode(text, special);
+    auto ia = (*a)->Encode(text, special), ib = (*b)->Encode(text, special),
+         ic = (*c)->Encode(text, special);
     ASSERT_TRUE(ia.ok() && ib.ok() && ic.ok());
     EXPECT_EQ(*ia, *ib) << text;
     EXPECT_EQ(*ia, *ic) << text;
@@ -156,7 +175,7 @@ TEST_F(TokenizerFiles, SpecialTokenTextIsParsedOnlyWhenAsked) {
 TEST_F(TokenizerFiles, NfcBeforeSplitting) {
   auto tok = Tokenizer::FromTokenizerJson(Write("t.json", fx_.TokenizerJson(false).dump()));
   ASSERT_TRUE(tok.ok());
-  auto composed = (*tok)->Encode("caf\xC3\xA9");   // é
+  auto composed = (*tok)->Encode("caf\xC3\xA9");     // é
   auto decomposed = (*tok)->Encode("cafe\xCC\x81");  // e + combining acute
   ASSERT_TRUE(composed.ok() && decomposed.ok());
   EXPECT_EQ(*composed, *decomposed);
@@ -184,7 +203,8 @@ TEST_F(TokenizerFiles, BadInputIsAClearError) {
 }
 
 TEST_F(TokenizerFiles, BadFilesNameTheProblem) {
-  EXPECT_EQ(Tokenizer::Load((dir_ / "nowhere").string()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Tokenizer::Load((dir_ / "nowhere").string()).status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(Tokenizer::FromTokenizerJson(Write("bad.json", "{not json")).status().code(),
             absl::StatusCode::kInvalidArgument);
   json j = fx_.TokenizerJson(false);

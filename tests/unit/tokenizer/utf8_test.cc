@@ -23,9 +23,9 @@ TEST(ValidateUtf8, AcceptsWellFormed) {
 }
 
 TEST(ValidateUtf8, RejectsIllFormedAndNamesTheOffset) {
-  for (std::string_view bad : {"\x80", "ab\xC0\x80", "\xE0\x80\x80", "\xED\xA0\x80" /* surrogate */,
-                               "\xF4\x90\x80\x80" /* > U+10FFFF */, "\xF5\x80\x80\x80", "\xE4\xB8",
-                               "\xFF"}) {
+  for (std::string_view bad :
+       {"\x80", "ab\xC0\x80", "\xE0\x80\x80", "\xED\xA0\x80" /* surrogate */,
+        "\xF4\x90\x80\x80" /* > U+10FFFF */, "\xF5\x80\x80\x80", "\xE4\xB8", "\xFF"}) {
     absl::Status s = ValidateUtf8(bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << testing::PrintToString(bad);
   }
@@ -37,11 +37,11 @@ TEST(ValidateUtf8, RejectsIllFormedAndNamesTheOffset) {
 TEST(Utf8StreamDecoder, MaximalSubpartsAsInTheStandard) {
   EXPECT_EQ(DecodeAll("\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64"),
             "a\uFFFD\uFFFD\uFFFDb\uFFFDc\uFFFD\uFFFDd");
-  EXPECT_EQ(DecodeAll("\xC0\xAF"), "\uFFFD\uFFFD");                   // overlong lead
-  EXPECT_EQ(DecodeAll("\xE0\x80\xAF"), "\uFFFD\uFFFD\uFFFD");         // E0 needs A0..BF next
-  EXPECT_EQ(DecodeAll("\xED\xA0\x80"), "\uFFFD\uFFFD\uFFFD");         // surrogate
+  EXPECT_EQ(DecodeAll("\xC0\xAF"), "\uFFFD\uFFFD");            // overlong lead
+  EXPECT_EQ(DecodeAll("\xE0\x80\xAF"), "\uFFFD\uFFFD\uFFFD");  // E0 needs A0..BF next
+  EXPECT_EQ(DecodeAll("\xED\xA0\x80"), "\uFFFD\uFFFD\uFFFD");  // surrogate
   EXPECT_EQ(DecodeAll("\xF4\x90\x80\x80"), "\uFFFD\uFFFD\uFFFD\uFFFD");
-  EXPECT_EQ(DecodeAll("\xE4\xB8"), "\uFFFD");                          // truncated at the end
+  EXPECT_EQ(DecodeAll("\xE4\xB8"), "\uFFFD");  // truncated at the end
   EXPECT_EQ(DecodeAll("\xE4\xB8x"), "\uFFFDx");
   EXPECT_EQ(DecodeAll("\xF0\x9F\x98\x80"), "😀");
 }
@@ -63,7 +63,8 @@ TEST(Utf8StreamDecoder, HoldsBackIncompleteCharacters) {
 // emits is well-formed on its own.
 TEST(Utf8StreamDecoder, SplitInvariantOnRandomBytes) {
   std::mt19937 rng(1);
-  const std::string alphabet = "a\x80\xBF\xC2\xDF\xE0\xE4\xED\xEF\xF0\xF4\xF5\xA0\x9F\x90\x8F\xB8\xC0";
+  const std::string alphabet =
+      "a\x80\xBF\xC2\xDF\xE0\xE4\xED\xEF\xF0\xF4\xF5\xA0\x9F\x90\x8F\xB8\xC0";
   for (int iter = 0; iter < 2000; ++iter) {
     std::string bytes;
     for (int i = rng() % 24; i > 0; --i) bytes.push_back(alphabet[rng() % alphabet.size()]);

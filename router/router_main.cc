@@ -1,0 +1,102 @@
+// nextserve-router: the public gRPC endpoint in front of the ranks.
+#include <csignal>
+#include <cstdlib>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "cli/flags.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "router/model_spec.h"
+#include "router/rank_pool.h"
+#include "router/service.h"
+
+namespace {
+
+using nextserve::cli::Flags;
+
+int Run(int argc, char** argv) {
+  std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
+  int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150, probe_timeout_ms = 1000;
+  Flags flags(
+      "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] [--max-queue N]");
+  flags.String("model", &model_dir, "model directory (config.json, tokenizer.json, generation_config.json)");
+  flags.String("ranks", &ranks_flag, "comma-separated rank addresses (host:port)");
+  flags.String("host", &host, "address to listen on");
+  flags.Int("port", &port, "port to listen on (0: any free port, printed at start)");
+  flags.String("model-name", &model_name, "name reported by GetModelInfo (default: the directory)");
+  flags.Int("max-queue", &max_queue, "requests that may wait for a rank; more are RESOURCE_EXHAUSTED");
+  flags.Int("rank-queue-depth", &rank_queue_depth,
+            "requests sent to a rank beyond its state slots (-1: as many as it has slots)");
+  flags.Int("poll-ms", &poll_ms, "how often each rank's load is polled");
+  flags.Int("probe-timeout-ms", &probe_timeout_ms, "a rank that does not answer a poll this fast is unhealthy");
+  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
+  if (model_dir.empty()) return Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
+  std::vector<std::string> ranks = absl::StrSplit(ranks_flag, ',', absl::SkipWhitespace());
+  if (ranks.empty()) return Flags::Report(absl::InvalidArgumentError("--ranks is required"), flags);
+  if (port < 0 || port > 65535) return Flags::Report(absl::InvalidArgumentError("--port must be in [0, 65535]"), flags);
+  if (max_queue < 0) return Flags::Report(absl::InvalidArgumentError("--max-queue must be >= 0"), flags);
+  if (poll_ms < 1 || probe_timeout_ms < 1) {
+    return Flags::Report(absl::InvalidArgumentError("--poll-ms and --probe-timeout-ms must be >= 1"), flags);
+  }
+
+  // gRPC 1.51 notices a reconnection to a rank that came back only when some thread polls; its
+  // backup poller does so every 5 s by default. Poll often enough to re-probe within the interval.
+  setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100", /*overwrite=*/0);
+
+  // Signals are taken by sigwait below; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<nextserve::router::ModelSpec> model = nextserve::router::LoadModelSpec(model_dir);
+  if (!model.ok()) {
+    std::fprintf(stderr, "nextserve-router: %s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  if (!model_name.empty()) model->name = model_name;
+
+  nextserve::router::RankPool pool(ranks, {.poll_interval = absl::Milliseconds(poll_ms),
+                                           .probe_timeout = absl::Milliseconds(probe_timeout_ms),
+                                           .max_queue = static_cast<int>(max_queue),
+                                           .rank_queue_depth = static_cast<int>(rank_queue_depth)});
+  nextserve::router::InferenceService service(*model, pool);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), &selected_port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || selected_port == 0) {
+    std::fprintf(stderr, "nextserve-router: cannot listen on %s:%lld\n", host.c_str(), static_cast<long long>(port));
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);  // until a rank answers
+  pool.SetHealthCallback([health](int healthy) { health->SetServingStatus(healthy > 0); });
+  pool.Start();
+  std::printf("nextserve-router listening on %s:%d (%zu ranks)\n", host.c_str(), selected_port, ranks.size());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "nextserve-router: signal %d, shutting down\n", sig);
+  health->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server->Wait();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }

@@ -1,0 +1,66 @@
+// nextserve.v1.Inference: validate and tokenize, queue for a rank, stream the rank's tokens back
+// as text (stop strings applied), finish with usage. A watcher thread cancels the rank's stream
+// within a few milliseconds of the client cancelling, its deadline passing or its rank being lost.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/time/time.h"
+#include "nextserve/v1/inference.grpc.pb.h"
+#include "router/model_spec.h"
+#include "router/rank_pool.h"
+#include "router/request.h"
+
+namespace nextserve::router {
+
+struct ServiceOptions {
+  RequestLimits limits;
+  absl::Duration watch_interval = absl::Milliseconds(5);
+};
+
+class InferenceService final : public v1::Inference::Service {
+ public:
+  // `model` and `pool` must outlive the service.
+  InferenceService(const ModelSpec& model, RankPool& pool, ServiceOptions options = {});
+  ~InferenceService() override;
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* request,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const v1::TokenizeRequest* request,
+                        v1::TokenizeResponse* response) override;
+  grpc::Status Detokenize(grpc::ServerContext* ctx, const v1::DetokenizeRequest* request,
+                          v1::DetokenizeResponse* response) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* request,
+                            v1::ModelInfo* response) override;
+
+ private:
+  struct ActiveCall;
+  struct Progress;
+  struct Attempt {
+    grpc::Status status;
+    bool retry = false;  // failed before the client saw anything: another rank may serve it
+  };
+
+  Attempt RunOnRank(grpc::ServerContext* ctx, grpc::ServerWriter<v1::GenerateResponse>* writer,
+                    const ResolvedRequest& request, const std::string& request_id, const RankLease& lease,
+                    Progress& progress);
+  void WatchLoop();
+
+  const ModelSpec& model_;
+  RankPool& pool_;
+  const ServiceOptions options_;
+  std::atomic<uint64_t> next_id_{0};
+  const uint64_t id_salt_;
+
+  std::mutex calls_mu_;
+  std::set<ActiveCall*> calls_;
+  bool stopping_ = false;
+  std::thread watcher_;
+};
+
+}  // namespace nextserve::router

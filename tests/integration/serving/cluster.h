@@ -1,0 +1,72 @@
+// Test harness for serving: a small generated model directory (random weights, a 512-id byte-level
+// BPE tokenizer.json), and a cluster of real processes -- N ranks and a router on free loopback
+// ports -- started as children of the test and stopped (SIGTERM, then SIGKILL) when it ends.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "nextserve/internal/v1/rank.pb.h"
+
+namespace nextserve::testing {
+
+// The test model: the tiny preset with vocab 512, context 2048, eos 511 (<|im_end|>). Token ids
+// 0..255 are bytes, 256..508 merges of lowercase ASCII pairs, 509..511 <|endoftext|>,
+// <|im_start|>, <|im_end|>. Written once per process under the temp directory.
+inline constexpr int kTestVocab = 512;
+inline constexpr int kTestContext = 2048;
+inline constexpr int kTestEos = 511;
+absl::StatusOr<std::string> TestModelDir();
+// Writes only tokenizer.json (the tokenizer above) into `dir`.
+absl::Status WriteTestTokenizer(const std::string& dir);
+
+struct ClusterOptions {
+  int ranks = 2;
+  // nextserve-fake-rank (scripted echo ranks, no model) instead of nextserve-rank.
+  bool fake_ranks = false;
+  std::vector<std::string> rank_args;    // extra flags for every rank
+  std::vector<std::string> router_args;  // extra flags for the router
+  absl::Duration start_timeout = absl::Seconds(60);
+};
+
+class Cluster {
+ public:
+  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const std::string& model_dir, ClusterOptions options);
+  ~Cluster();  // stops every process still running
+
+  const std::string& router_address() const { return router_.address; }
+  const std::string& rank_address(int i) const { return ranks_[i].address; }
+  int num_ranks() const { return static_cast<int>(ranks_.size()); }
+  pid_t rank_pid(int i) const { return ranks_[i].pid; }
+  void SignalRank(int i, int signal);
+  // Kills (SIGKILL) and reaps rank i.
+  void KillRank(int i);
+  // The rank's load report, asked directly (not through the router).
+  absl::StatusOr<internal::v1::LoadReport> RankLoad(int i);
+  // Waits until rank i reports nothing running or waiting and every block and slot free.
+  absl::Status WaitRankIdle(int i, absl::Duration timeout);
+  // The last lines of every process's log, for failure messages.
+  std::string Logs() const;
+
+ private:
+  struct Process {
+    std::string name, address, log;
+    pid_t pid = -1;
+  };
+  Cluster() = default;
+  absl::Status Spawn(Process& p, const std::vector<std::string>& argv);
+  static void Stop(Process& p);
+  std::string dir_;
+  std::vector<Process> ranks_;
+  Process router_;
+};
+
+// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+int FreePort();
+
+}  // namespace nextserve::testing
