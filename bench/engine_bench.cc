@@ -4,7 +4,8 @@
 //   decode weight bytes read per second / streaming-read bandwidth (same thread count)
 // and the chunked delta rule's time per token at growing prompt lengths (it should be flat).
 //
-//   engine_bench [--model DIR] [--prompt N] [--decode N] [--threads 1,2] [--delta-lengths 1024,4096,16384]
+//   engine_bench [--model DIR] [--prompt N] [--decode N] [--threads 1,2] [--delta-lengths
+//   1024,4096,16384]
 // Without --model it writes the small preset (bf16) to a temporary directory first.
 #include <immintrin.h>
 #include <omp.h>
@@ -45,7 +46,9 @@ double BestSeconds(int reps, const std::function<void()>& fn) {
 
 double SgemmGflops(int64_t m, int64_t n, int64_t k) {
   std::vector<float> a(m * k, 0.5f), b(n * k, 0.25f), c(m * n);
-  auto run = [&] { dnnl_sgemm('N', 'T', m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, c.data(), n); };
+  auto run = [&] {
+    dnnl_sgemm('N', 'T', m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, c.data(), n);
+  };
   run();
   return 2.0 * m * n * k / BestSeconds(5, run) / 1e9;
 }
@@ -72,8 +75,8 @@ double StreamReadGBs(size_t bytes) {
 }
 
 struct Costs {
-  double flops_per_token = 0;      // matrices every token multiplies (2 flops per weight)
-  double bytes_per_decode = 0;     // weight bytes one decode step reads (batch of one)
+  double flops_per_token = 0;   // matrices every token multiplies (2 flops per weight)
+  double bytes_per_decode = 0;  // weight bytes one decode step reads (batch of one)
 };
 
 Costs ModelCosts(const ModelWeights& w) {
@@ -83,16 +86,22 @@ Costs ModelCosts(const ModelWeights& w) {
   auto add = [&](const WeightRef& r) { params += static_cast<double>(r.rows) * r.cols; };
   for (const auto& l : w.layers) {
     if (l.type == LayerType::kFullAttention) {
-      for (auto* r : {&l.attention.q_proj, &l.attention.k_proj, &l.attention.v_proj, &l.attention.o_proj}) add(*r);
+      for (auto* r :
+           {&l.attention.q_proj, &l.attention.k_proj, &l.attention.v_proj, &l.attention.o_proj})
+        add(*r);
     } else {
-      for (auto* r : {&l.delta_net.in_proj_qkvz, &l.delta_net.in_proj_ba, &l.delta_net.out_proj}) add(*r);
+      for (auto* r : {&l.delta_net.in_proj_qkvz, &l.delta_net.in_proj_ba, &l.delta_net.out_proj})
+        add(*r);
     }
     if (l.is_moe) {
       add(l.moe.router);
       add(l.moe.shared_expert_gate);
-      for (auto* r : {&l.moe.shared_expert.gate_proj, &l.moe.shared_expert.up_proj, &l.moe.shared_expert.down_proj}) add(*r);
+      for (auto* r : {&l.moe.shared_expert.gate_proj, &l.moe.shared_expert.up_proj,
+                      &l.moe.shared_expert.down_proj})
+        add(*r);
       const MlpWeights& e = l.moe.experts[0];
-      params += c.num_experts_per_tok * (static_cast<double>(e.gate_proj.rows) * e.gate_proj.cols * 3);
+      params +=
+          c.num_experts_per_tok * (static_cast<double>(e.gate_proj.rows) * e.gate_proj.cols * 3);
     } else {
       for (auto* r : {&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj}) add(*r);
     }
@@ -107,7 +116,9 @@ Costs ModelCosts(const ModelWeights& w) {
 int Main(int argc, char** argv) {
   std::string model_dir, threads_list = "1,2", delta_list = "1024,4096,16384";
   int64_t prompt_len = 512, decode_steps = 32;
-  cli::Flags flags("engine_bench [--model DIR] [--prompt N] [--decode N] [--threads 1,2] [--delta-lengths L,...]");
+  cli::Flags flags(
+      "engine_bench [--model DIR] [--prompt N] [--decode N] [--threads 1,2] [--delta-lengths "
+      "L,...]");
   flags.String("model", &model_dir, "checkpoint (default: small preset, bf16, written to /tmp)");
   flags.Int("prompt", &prompt_len, "prefill length (default 512)");
   flags.Int("decode", &decode_steps, "decode steps (default 32)");
@@ -136,14 +147,15 @@ int Main(int argc, char** argv) {
   Qwen3NextModel model(weights, backend.get());
   const ModelConfig& c = model.config();
   const Costs costs = ModelCosts(*weights);
-  std::printf("model %s: hidden %ld, %ld layers, %ld experts top-%ld, stored %s\n", model_dir.c_str(),
-              c.hidden_size, c.num_hidden_layers, c.num_experts, c.num_experts_per_tok,
-              std::string(DTypeName(weights->stored_dtype)).c_str());
+  std::printf("model %s: hidden %ld, %ld layers, %ld experts top-%ld, stored %s\n",
+              model_dir.c_str(), c.hidden_size, c.num_hidden_layers, c.num_experts,
+              c.num_experts_per_tok, std::string(DTypeName(weights->stored_dtype)).c_str());
   std::printf("per token: %.1f MFLOP (matrices), decode reads %.1f MB of weights\n\n",
               costs.flops_per_token / 1e6, costs.bytes_per_decode / 1e6);
 
   std::vector<int32_t> prompt(prompt_len);
-  for (int64_t i = 0; i < prompt_len; ++i) prompt[i] = static_cast<int32_t>((i * 7919) % c.vocab_size);
+  for (int64_t i = 0; i < prompt_len; ++i)
+    prompt[i] = static_cast<int32_t>((i * 7919) % c.vocab_size);
   for (absl::string_view piece : absl::StrSplit(threads_list, ',')) {
     int threads = 1;
     if (!absl::SimpleAtoi(piece, &threads)) continue;
@@ -161,49 +173,57 @@ int Main(int argc, char** argv) {
       std::vector<int32_t> next(1, 0);
       const auto t1 = Clock::now();
       for (int64_t step = 0; step < decode_steps; ++step) {
-        next[0] = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+        next[0] = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
+                                       logits->begin());
         SequenceInput d{seq.get(), next, false};
         logits = model.Forward({&d, 1});
       }
       decode_s = std::chrono::duration<double>(Clock::now() - t1).count();
     }
     const double prefill_gflops = costs.flops_per_token * prompt_len / prefill_s / 1e9;
-    const double decode_tps = decode_steps / decode_s, decode_gbs = costs.bytes_per_decode * decode_tps / 1e9;
+    const double decode_tps = decode_steps / decode_s,
+                 decode_gbs = costs.bytes_per_decode * decode_tps / 1e9;
     std::printf("threads %d\n", threads);
-    std::printf("  limits   sgemm %ldx%ldx%ld: %.1f GFLOP/s | streaming read: %.1f GB/s\n", prompt_len,
-                c.hidden_size, c.hidden_size, gemm, stream);
+    std::printf("  limits   sgemm %ldx%ldx%ld: %.1f GFLOP/s | streaming read: %.1f GB/s\n",
+                prompt_len, c.hidden_size, c.hidden_size, gemm, stream);
     std::printf("  prefill  %ld tokens: %.1f tok/s, %.1f GFLOP/s = %.0f%% of sgemm\n", prompt_len,
                 prompt_len / prefill_s, prefill_gflops, 100 * prefill_gflops / gemm);
-    std::printf("           time: mixers DeltaNet %.0f%% attention %.0f%%, MoE/MLP %.0f%%, lm_head %.0f%%\n",
-                100 * profile.delta_net / prefill_s, 100 * profile.attention / prefill_s,
-                100 * profile.moe / prefill_s, 100 * profile.lm_head / prefill_s);
-    std::printf("  decode   %.1f tok/s, %.2f GB/s of weights = %.0f%% of streaming read\n", decode_tps,
-                decode_gbs, 100 * decode_gbs / stream);
+    std::printf(
+        "           time: mixers DeltaNet %.0f%% attention %.0f%%, MoE/MLP %.0f%%, lm_head "
+        "%.0f%%\n",
+        100 * profile.delta_net / prefill_s, 100 * profile.attention / prefill_s,
+        100 * profile.moe / prefill_s, 100 * profile.lm_head / prefill_s);
+    std::printf("  decode   %.1f tok/s, %.2f GB/s of weights = %.0f%% of streaming read\n",
+                decode_tps, decode_gbs, 100 * decode_gbs / stream);
   }
 
   // The chunked delta rule alone, at the model's DeltaNet shape, one thread.
   omp_set_num_threads(1);
   const kernels::DeltaNetShape shape{c.linear_num_key_heads, c.linear_num_value_heads,
-                                     c.linear_key_head_dim, c.linear_value_head_dim, c.linear_conv_kernel_dim};
-  std::printf("\nchunked delta rule (%ld value heads, %ldx%ld state), one thread:\n", shape.num_value_heads,
-              shape.key_head_dim, shape.value_head_dim);
+                                     c.linear_key_head_dim, c.linear_value_head_dim,
+                                     c.linear_conv_kernel_dim};
+  std::printf("\nchunked delta rule (%ld value heads, %ldx%ld state), one thread:\n",
+              shape.num_value_heads, shape.key_head_dim, shape.value_head_dim);
   double first = 0;
   for (absl::string_view piece : absl::StrSplit(delta_list, ',')) {
     int64_t t = 0;
     if (!absl::SimpleAtoi(piece, &t) || t <= 0) continue;
     std::vector<float> conv(t * shape.conv_dim()), g(t * shape.num_value_heads, -0.05f),
-        beta(t * shape.num_value_heads, 0.5f), state(shape.num_value_heads * shape.key_head_dim * shape.value_head_dim),
+        beta(t * shape.num_value_heads, 0.5f),
+        state(shape.num_value_heads * shape.key_head_dim * shape.value_head_dim),
         out(t * shape.value_dim());
     std::mt19937 rng(1);
     std::normal_distribution<float> dist;
     for (auto& x : conv) x = dist(rng);
     const double s = BestSeconds(2, [&] {
       std::fill(state.begin(), state.end(), 0.0f);
-      kernels::cpu::DeltaRule(conv.data(), g.data(), beta.data(), t, shape, state.data(), out.data(), true);
+      kernels::cpu::DeltaRule(conv.data(), g.data(), beta.data(), t, shape, state.data(),
+                              out.data(), true);
     });
     const double per_token_us = s / t * 1e6;
     if (first == 0) first = per_token_us;
-    std::printf("  %6ld tokens: %.2f us/token (x%.2f of the first)\n", t, per_token_us, per_token_us / first);
+    std::printf("  %6ld tokens: %.2f us/token (x%.2f of the first)\n", t, per_token_us,
+                per_token_us / first);
   }
   return 0;
 }
@@ -211,4 +231,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace nextserve
 
-int main(int argc, char** argv) { return nextserve::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return nextserve::Main(argc, argv);
+}

@@ -33,23 +33,27 @@ absl::Status Flags::Parse(int argc, char** argv) {
       has_value = true;
     }
     auto it = flags_.find(name);
-    if (it == flags_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    if (it == flags_.end())
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     Flag& flag = it->second;
     if (flag.kind == Kind::kBool) {
       if (has_value && value != "true" && value != "false") {
-        return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value (or =true/=false)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", name, " takes no value (or =true/=false)"));
       }
       *static_cast<bool*>(flag.target) = !has_value || value == "true";
       continue;
     }
     if (!has_value) {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      if (i + 1 >= argc)
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       value = argv[++i];
     }
     if (flag.kind == Kind::kString) {
       *static_cast<std::string*>(flag.target) = value;
     } else if (!absl::SimpleAtoi(value, static_cast<int64_t*>(flag.target))) {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, ": '", value, "' is not an integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, ": '", value, "' is not an integer"));
     }
   }
   return absl::OkStatus();
@@ -57,7 +61,8 @@ absl::Status Flags::Parse(int argc, char** argv) {
 
 std::string Flags::Help() const {
   std::string out = absl::StrCat("usage: ", usage_, "\n");
-  for (const auto& [name, flag] : flags_) absl::StrAppend(&out, "  --", name, "  ", flag.help, "\n");
+  for (const auto& [name, flag] : flags_)
+    absl::StrAppend(&out, "  --", name, "  ", flag.help, "\n");
   return out;
 }
 
@@ -66,7 +71,8 @@ int Flags::Report(const absl::Status& status, const Flags& flags) {
     std::fputs(flags.Help().c_str(), stdout);
     return 0;
   }
-  std::fprintf(stderr, "error: %s\n%s", std::string(status.message()).c_str(), flags.Help().c_str());
+  std::fprintf(stderr, "error: %s\n%s", std::string(status.message()).c_str(),
+               flags.Help().c_str());
   return 2;
 }
 

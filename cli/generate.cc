@@ -34,7 +34,8 @@ struct CommonFlags {
     flags.String("temperature", &temperature, "0 = greedy (default: the model's)");
     flags.String("top-p", &top_p, "nucleus sampling mass in (0, 1] (default: the model's)");
     flags.Int("top-k", &top_k, "keep the k most likely tokens, 0 = off (default: the model's)");
-    flags.String("min-p", &min_p, "drop tokens below min_p x the top probability (default: the model's)");
+    flags.String("min-p", &min_p,
+                 "drop tokens below min_p x the top probability (default: the model's)");
     flags.String("repetition-penalty", &repetition_penalty, "> 0, 1 = off (default: the model's)");
     flags.Int("seed", &seed, "sampling seed (default: random)");
     flags.String("stop", &stop, "a stop string (the text ends before it)");
@@ -51,15 +52,17 @@ struct CommonFlags {
       const std::string& value;
       void (v1::SamplingParams::*set)(float);
     };
-    for (const FloatFlag& f : {FloatFlag{"temperature", temperature, &v1::SamplingParams::set_temperature},
-                               FloatFlag{"top-p", top_p, &v1::SamplingParams::set_top_p},
-                               FloatFlag{"min-p", min_p, &v1::SamplingParams::set_min_p},
-                               FloatFlag{"repetition-penalty", repetition_penalty,
-                                         &v1::SamplingParams::set_repetition_penalty}}) {
+    for (const FloatFlag& f :
+         {FloatFlag{"temperature", temperature, &v1::SamplingParams::set_temperature},
+          FloatFlag{"top-p", top_p, &v1::SamplingParams::set_top_p},
+          FloatFlag{"min-p", min_p, &v1::SamplingParams::set_min_p},
+          FloatFlag{"repetition-penalty", repetition_penalty,
+                    &v1::SamplingParams::set_repetition_penalty}}) {
       if (f.value.empty()) continue;
       float v;
       if (!absl::SimpleAtof(f.value, &v)) {
-        return absl::InvalidArgumentError(absl::StrCat("--", f.name, ": '", f.value, "' is not a number"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", f.name, ": '", f.value, "' is not a number"));
       }
       (p->*f.set)(v);
     }
@@ -109,9 +112,12 @@ class InterruptCanceller {
 
 const char* FinishName(v1::FinishReason r) {
   switch (r) {
-    case v1::FINISH_REASON_STOP: return "stop";
-    case v1::FINISH_REASON_LENGTH: return "length";
-    default: return "unspecified";
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    default:
+      return "unspecified";
   }
 }
 
@@ -135,8 +141,10 @@ absl::StatusOr<std::string> Stream(sdk::Client& client, const v1::GenerateReques
   }
   absl::Status status = stream->Finish();
   interrupt.Watch(nullptr);
-  std::fputc('\n', stdout);
-  std::fflush(stdout);
+  if (!text.empty() || status.ok()) {
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+  }
   if (!status.ok()) {
     if (interrupt.interrupted()) return absl::CancelledError("interrupted");
     return status;
@@ -145,10 +153,11 @@ absl::StatusOr<std::string> Stream(sdk::Client& client, const v1::GenerateReques
     const v1::Usage& u = final->usage();
     const double secs = absl::ToDoubleSeconds(absl::Now() - start);
     std::fprintf(stderr,
-                 "[%s%s%s | prompt %d, completion %d tokens | queue %.3f s, first token %.3f s | %.1f tokens/s]\n",
+                 "[%s%s%s | prompt %d, completion %d tokens | queue %.3f s, first token %.3f s | "
+                 "%.1f tokens/s]\n",
                  FinishName(final->finish_reason()), final->stop_reason().empty() ? "" : ": ",
-                 final->stop_reason().c_str(), u.prompt_tokens(), u.completion_tokens(), u.queue_time_s(),
-                 u.time_to_first_token_s(),
+                 final->stop_reason().c_str(), u.prompt_tokens(), u.completion_tokens(),
+                 u.queue_time_s(), u.time_to_first_token_s(),
                  u.completion_tokens() > 1 && secs > u.time_to_first_token_s()
                      ? (u.completion_tokens() - 1) / (secs - u.time_to_first_token_s())
                      : 0.0);
@@ -169,23 +178,27 @@ int Generate(int argc, char** argv) {
   std::string prompt, prompt_ids;
   bool chat_template = false;
   Flags flags(
-      "nextserve generate [--addr HOST:PORT] (--prompt TEXT | --prompt-ids 1,2,3) [--chat-template] "
+      "nextserve generate [--addr HOST:PORT] (--prompt TEXT | --prompt-ids 1,2,3) "
+      "[--chat-template] "
       "[--max-tokens N] [--temperature F] ...");
   common.Declare(flags);
   flags.String("prompt", &prompt, "prompt text (tokenized as is)");
   flags.String("prompt-ids", &prompt_ids, "prompt token ids, comma-separated");
-  flags.Bool("chat-template", &chat_template, "send --prompt as one user message through the chat template");
+  flags.Bool("chat-template", &chat_template,
+             "send --prompt as one user message through the chat template");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
   if (prompt.empty() == prompt_ids.empty()) {
-    return Flags::Report(absl::InvalidArgumentError("give one of --prompt and --prompt-ids"), flags);
+    return Flags::Report(absl::InvalidArgumentError("give one of --prompt and --prompt-ids"),
+                         flags);
   }
   v1::GenerateRequest req;
   if (!prompt_ids.empty()) {
     for (absl::string_view part : absl::StrSplit(prompt_ids, ',', absl::SkipWhitespace())) {
       int32_t id;
       if (!absl::SimpleAtoi(part, &id)) {
-        return Flags::Report(
-            absl::InvalidArgumentError(absl::StrCat("--prompt-ids: '", part, "' is not a token id")), flags);
+        return Flags::Report(absl::InvalidArgumentError(
+                                 absl::StrCat("--prompt-ids: '", part, "' is not a token id")),
+                             flags);
       }
       req.mutable_token_ids()->add_ids(id);
     }
@@ -207,7 +220,8 @@ int Generate(int argc, char** argv) {
 int Chat(int argc, char** argv) {
   CommonFlags common;
   std::string system;
-  Flags flags("nextserve chat [--addr HOST:PORT] [--system TEXT] [--max-tokens N] [--temperature F] ...");
+  Flags flags(
+      "nextserve chat [--addr HOST:PORT] [--system TEXT] [--max-tokens N] [--temperature F] ...");
   common.Declare(flags);
   flags.String("system", &system, "a system message to start the conversation");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
@@ -222,7 +236,9 @@ int Chat(int argc, char** argv) {
   InterruptCanceller interrupt;
   std::unique_ptr<sdk::Client> client = sdk::Client::Create(common.addr);
   const bool tty = isatty(STDIN_FILENO);
-  if (tty) std::fprintf(stderr, "chatting with %s: an empty line or Ctrl-D ends, Ctrl-C stops an answer\n", common.addr.c_str());
+  if (tty)
+    std::fprintf(stderr, "chatting with %s: an empty line or Ctrl-D ends, Ctrl-C stops an answer\n",
+                 common.addr.c_str());
   std::string line;
   for (;;) {
     if (tty) {

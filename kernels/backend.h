@@ -1,6 +1,6 @@
-// The one kernel interface of nextserve: every op of the Qwen3-Next forward pass, implemented by the
-// CPU backend (the reference for all others) and the CUDA backend. Kernels know tensors and shapes,
-// never requests. Activations are fp32; weight matrices stay in their stored dtype.
+// The one kernel interface of nextserve: every op of the Qwen3-Next forward pass, implemented by
+// the CPU backend (the reference for all others) and the CUDA backend. Kernels know tensors and
+// shapes, never requests. Activations are fp32; weight matrices stay in their stored dtype.
 //
 // Pointers are in the backend's memory space (host for CPU, device for CUDA); buffers come from
 // Allocate(). Shapes are row-major. Where an op works on one sequence, the caller loops.
@@ -80,9 +80,10 @@ class Backend {
   virtual void ScaleRowsBySigmoid(const float* gate, int64_t rows, int64_t dim, float* x) = 0;
 
   // ---- gated attention
-  // qg: [t, heads, 2*head_dim] as q_proj writes it (query | gate per head); k: [t, kv_heads, head_dim].
-  // Writes q [t, heads, head_dim] and gate [t, heads*head_dim]; normalises q and k per head with
-  // (1 + w) RMSNorm, then applies partial NeoX RoPE at positions first_pos .. first_pos + t - 1.
+  // qg: [t, heads, 2*head_dim] as q_proj writes it (query | gate per head); k: [t, kv_heads,
+  // head_dim]. Writes q [t, heads, head_dim] and gate [t, heads*head_dim]; normalises q and k per
+  // head with (1 + w) RMSNorm, then applies partial NeoX RoPE at positions first_pos .. first_pos +
+  // t - 1.
   virtual void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos,
                              const AttentionShape& s, const float* q_norm, const float* k_norm,
                              float eps, float* q, float* gate) = 0;
@@ -104,8 +105,8 @@ class Backend {
   virtual void DeltaNetGates(const float* b, const float* a, int64_t t, int64_t nv,
                              const float* a_log, const float* dt_bias, float* beta, float* g) = 0;
   // The gated delta rule over t tokens of one sequence, from and into `state` [nv, dk, dv] (fp32).
-  // conv_out: [t, conv_dim] (q | k | v after conv + SiLU; q and k are l2-normalised here, q scaled by
-  // dk^-0.5). out: [t, nv, dv]. Uses the chunked form (C = 64) or the recurrence by `chunked`.
+  // conv_out: [t, conv_dim] (q | k | v after conv + SiLU; q and k are l2-normalised here, q scaled
+  // by dk^-0.5). out: [t, nv, dv]. Uses the chunked form (C = 64) or the recurrence by `chunked`.
   virtual void DeltaRule(const float* conv_out, const float* g, const float* beta, int64_t t,
                          const DeltaNetShape& s, float* state, float* out, bool chunked) = 0;
   // y = w * rmsnorm(x) * silu(z) per row of dim (plain w). y may alias x.

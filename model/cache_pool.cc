@@ -21,7 +21,8 @@ CachePool::CachePool(const ModelConfig& c, CacheLimits limits) : limits_(limits)
 
 absl::StatusOr<int32_t> CachePool::AllocateBlock() {
   if (used_blocks_ >= limits_.max_blocks) {
-    return absl::ResourceExhaustedError(absl::StrCat("all ", limits_.max_blocks, " KV blocks are in use"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", limits_.max_blocks, " KV blocks are in use"));
   }
   ++used_blocks_;
   if (!free_block_ids_.empty()) {
@@ -40,7 +41,8 @@ void CachePool::FreeBlock(int32_t block) {
 
 absl::StatusOr<int32_t> CachePool::AllocateSlot() {
   if (used_slots_ >= limits_.max_slots) {
-    return absl::ResourceExhaustedError(absl::StrCat("all ", limits_.max_slots, " state slots are in use"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", limits_.max_slots, " state slots are in use"));
   }
   ++used_slots_;
   int32_t id;

@@ -1,6 +1,7 @@
-// Memory for sequences' caches: fixed-size KV blocks shared by all full-attention layers (paged, with
-// a free list) and state slots shared by all DeltaNet layers (conv window + fp32 recurrent state).
-// Storage for a block or slot is made on first use and reused after it is freed, up to the limits.
+// Memory for sequences' caches: fixed-size KV blocks shared by all full-attention layers (paged,
+// with a free list) and state slots shared by all DeltaNet layers (conv window + fp32 recurrent
+// state). Storage for a block or slot is made on first use and reused after it is freed, up to the
+// limits.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,7 @@
 namespace nextserve {
 
 struct CacheLimits {
-  int64_t block_size = 64;     // tokens per KV block
+  int64_t block_size = 64;  // tokens per KV block
   int64_t max_blocks = 1 << 20;
   int64_t max_slots = 1 << 16;
 };

@@ -9,11 +9,14 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "comm/communicator.h"
 
 namespace nextserve {
 namespace {
 
-kernels::Matrix M(const WeightRef& w) { return {w.dtype, w.data, w.rows, w.cols}; }
+kernels::Matrix M(const WeightRef& w) {
+  return {w.dtype, w.data, w.rows, w.cols};
+}
 
 class ScopedTimer {
  public:
@@ -41,13 +44,30 @@ struct Qwen3NextModel::Step {
 };
 
 Qwen3NextModel::Qwen3NextModel(std::shared_ptr<const ModelWeights> weights,
-                               kernels::Backend* backend, CacheLimits cache_limits)
-    : weights_(std::move(weights)), backend_(backend), pool_(weights_->config(), cache_limits) {
+                               kernels::Backend* backend, CacheLimits cache_limits,
+                               comm::Communicator* comm, std::optional<ExpertPlacement> placement)
+    : weights_(std::move(weights)),
+      backend_(backend),
+      pool_(weights_->config(), cache_limits),
+      own_comm_(comm == nullptr ? comm::MakeSingleProcessCommunicator() : nullptr),
+      comm_(comm != nullptr ? comm : own_comm_.get()),
+      placement_(placement
+                     ? *placement
+                     : ExpertPlacement::Contiguous(weights_->config().num_experts, comm_->size())),
+      expert_tokens_(weights_->config().num_hidden_layers * weights_->config().num_experts, 0) {
+  // Every expert this rank is sent must be loaded here; with one rank, all of them.
+  expert_parallel_ok_ = placement_.ranks() == comm_->size();
+  for (int64_t e = 0; e < placement_.experts() && expert_parallel_ok_; ++e) {
+    if (placement_.owner(e) == comm_->rank() && !weights_->owns_expert[e])
+      expert_parallel_ok_ = false;
+  }
   int64_t attention = 0, linear = 0;
   for (int64_t l = 0; l < config().num_hidden_layers; ++l) {
     kind_index_.push_back(config().is_full_attention(l) ? attention++ : linear++);
   }
 }
+
+Qwen3NextModel::~Qwen3NextModel() = default;
 
 std::unique_ptr<SequenceState> Qwen3NextModel::NewSequence() {
   return std::make_unique<SequenceState>(&pool_);
@@ -56,11 +76,10 @@ std::unique_ptr<SequenceState> Qwen3NextModel::NewSequence() {
 absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const SequenceInput> batch,
                                                            ForwardProfile* profile) {
   const ModelConfig& c = config();
-  if (std::find(weights_->owns_expert.begin(), weights_->owns_expert.end(), false) !=
-      weights_->owns_expert.end()) {
+  if (!expert_parallel_ok_) {
     return absl::FailedPreconditionError(
-        "this model holds only a slice of the routed experts; the single-process forward needs all "
-        "of them (expert-parallel ranks exchange tokens through a communicator)");
+        "this model holds only a slice of the routed experts but has no communicator to reach the "
+        "other ranks' experts");
   }
   Step step;
   step.batch = batch;
@@ -98,7 +117,8 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
   backend_->Embedding(ids.data(), n, M(weights_->embed_tokens), x.data());
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_->layers[l];
-    backend_->RmsNorm(x.data(), n, hidden, lw.input_layernorm.f32(), c.rms_norm_eps, true, h.data());
+    backend_->RmsNorm(x.data(), n, hidden, lw.input_layernorm.f32(), c.rms_norm_eps, true,
+                      h.data());
     if (lw.type == LayerType::kFullAttention) {
       ScopedTimer t(step.timer(&ForwardProfile::attention));
       AttentionLayer(l, step, h.data(), mixed.data());
@@ -112,7 +132,7 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
     {
       ScopedTimer t(step.timer(&ForwardProfile::moe));
       if (lw.is_moe) {
-        MoeLayer(l, step, h.data(), mixed.data());
+        if (auto st = MoeLayer(l, step, h.data(), mixed.data()); !st.ok()) return st;
       } else {
         DenseMlp(lw.mlp, h.data(), n, mixed.data());
       }
@@ -167,8 +187,10 @@ void Qwen3NextModel::AttentionLayer(int64_t layer, Step& step, const float* h, f
     for (int64_t i = 0; i < t; ++i) {
       const int64_t pos = past + i;
       const int32_t block = st.blocks()[pos / bs];
-      std::copy_n(k.data() + (row + i) * kv_width, kv_width, pool_.Keys(index, block) + (pos % bs) * kv_width);
-      std::copy_n(v.data() + (row + i) * kv_width, kv_width, pool_.Values(index, block) + (pos % bs) * kv_width);
+      std::copy_n(k.data() + (row + i) * kv_width, kv_width,
+                  pool_.Keys(index, block) + (pos % bs) * kv_width);
+      std::copy_n(v.data() + (row + i) * kv_width, kv_width,
+                  pool_.Values(index, block) + (pos % bs) * kv_width);
     }
     k_blocks.clear();
     v_blocks.clear();
@@ -176,8 +198,9 @@ void Qwen3NextModel::AttentionLayer(int64_t layer, Step& step, const float* h, f
       k_blocks.push_back(pool_.Keys(index, block));
       v_blocks.push_back(pool_.Values(index, block));
     }
-    backend_->Attention(q.data() + row * heads * d, kernels::PagedKv{k_blocks.data(), v_blocks.data(), bs},
-                        t, past, shape, gate.data() + row * heads * d, attn.data() + row * heads * d);
+    backend_->Attention(q.data() + row * heads * d,
+                        kernels::PagedKv{k_blocks.data(), v_blocks.data(), bs}, t, past, shape,
+                        gate.data() + row * heads * d, attn.data() + row * heads * d);
   }
   backend_->Linear(attn.data(), n, M(w.o_proj), out);
 }
@@ -202,10 +225,12 @@ void Qwen3NextModel::DeltaNetLayer(int64_t layer, Step& step, const float* h, fl
     SequenceState& st = *step.batch[s].state;
     const int64_t t = static_cast<int64_t>(step.batch[s].tokens.size()), row = step.offset[s];
     backend_->CausalConvSilu(mixed.data() + row * cd, t, cd, shape.conv_kernel, w.conv1d.f32(),
-                             pool_.ConvWindow(kind_index_[layer], st.slot()), conv.data() + row * cd);
+                             pool_.ConvWindow(kind_index_[layer], st.slot()),
+                             conv.data() + row * cd);
     // Prompts (and prompt chunks) use the chunked form; single decode tokens the recurrence.
     backend_->DeltaRule(conv.data() + row * cd, g.data() + row * nv, beta.data() + row * nv, t,
-                        shape, pool_.Recurrent(kind_index_[layer], st.slot()), core.data() + row * vd,
+                        shape, pool_.Recurrent(kind_index_[layer], st.slot()),
+                        core.data() + row * vd,
                         /*chunked=*/t > 1);
   }
   backend_->RmsNormGated(core.data(), z.data(), n * nv, shape.value_head_dim, w.norm.f32(),
@@ -222,18 +247,25 @@ void Qwen3NextModel::DenseMlp(const MlpWeights& w, const float* h, int64_t n, fl
   backend_->Linear(gate.data(), n, M(w.down_proj), out);
 }
 
-void Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h, float* out) {
+// Routing (fp32 softmax over all experts, top-k with ties to the lower id as torch.topk, then
+// renormalised when norm_topk_prob), then the expert-parallel exchange (architecture.md §2):
+//  dispatch: one record per (token, destination rank) = hidden row + that rank's (expert, weight)
+//            slots, grouped by rank; counts exchanged, then the payload (all-to-all-v);
+//  experts:  each rank runs its experts over the records it received, summing each record's
+//            experts in ascending id (the order transformers' index_add_ uses);
+//  combine:  the partial sums go back in the same order; the owner adds them in rank order.
+// With one rank the exchange is a local copy and the sums equal the single-process order exactly.
+absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h, float* out) {
   const ModelConfig& c = config();
   const MoeWeights& w = weights_->layers[layer].moe;
   const int64_t n = step.rows, hidden = c.hidden_size, experts = c.num_experts,
                 top_k = c.num_experts_per_tok;
+  const int ranks = comm_->size();
   std::vector<float> router_logits(n * experts);
   backend_->Linear(h, n, M(w.router), router_logits.data());
 
-  // Routing on the host: fp32 softmax over all experts, top-k (ties to the lower id, as torch.topk),
-  // renormalise when norm_topk_prob.
-  std::vector<std::vector<int32_t>> tokens_of(experts);
-  std::vector<std::vector<float>> weights_of(experts);
+  std::vector<int32_t> top_ids(n * top_k);
+  std::vector<float> top_weights(n * top_k);
   std::vector<int32_t> order(experts);
   std::vector<float> prob(experts);
   for (int64_t i = 0; i < n; ++i) {
@@ -248,30 +280,127 @@ void Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h, float* 
     });
     float top_sum = 0;
     for (int64_t j = 0; j < top_k; ++j) top_sum += prob[order[j]];
+    // Slots sorted by expert id: the summation order of the reference.
+    std::sort(order.begin(), order.begin() + top_k);
     for (int64_t j = 0; j < top_k; ++j) {
       const int32_t e = order[j];
-      tokens_of[e].push_back(static_cast<int32_t>(i));
-      weights_of[e].push_back(c.norm_topk_prob ? prob[e] / top_sum : prob[e]);
+      top_ids[i * top_k + j] = e;
+      top_weights[i * top_k + j] = c.norm_topk_prob ? prob[e] / top_sum : prob[e];
     }
   }
 
-  // Shared expert first, then each routed expert's tokens in expert order (HF's index_add_ order).
-  DenseMlp(w.shared_expert, h, n, out);
-  std::vector<float> shared_gate(n);
-  backend_->Linear(h, n, M(w.shared_expert_gate), shared_gate.data());
-  backend_->ScaleRowsBySigmoid(shared_gate.data(), n, hidden, out);
-  std::vector<float> routed(n * hidden, 0.0f), xs, ys;
+  // Dispatch records: [hidden floats | top_k int32 expert ids (-1 = empty) | top_k float weights].
+  const int64_t record_floats = hidden + 2 * top_k, record_bytes = record_floats * sizeof(float);
+  std::vector<std::vector<int32_t>> tokens_to(ranks);  // per destination rank, in token order
+  std::vector<char> goes_to(ranks);
+  for (int64_t i = 0; i < n; ++i) {
+    std::fill(goes_to.begin(), goes_to.end(), 0);
+    for (int64_t j = 0; j < top_k; ++j) goes_to[placement_.owner(top_ids[i * top_k + j])] = 1;
+    for (int r = 0; r < ranks; ++r) {
+      if (goes_to[r]) tokens_to[r].push_back(static_cast<int32_t>(i));
+    }
+  }
+  std::vector<int64_t> send_counts(ranks), recv_counts(ranks);
+  int64_t send_records = 0;
+  for (int r = 0; r < ranks; ++r) {
+    send_counts[r] = static_cast<int64_t>(tokens_to[r].size()) * record_bytes;
+    send_records += static_cast<int64_t>(tokens_to[r].size());
+  }
+  std::vector<float> send(send_records * record_floats);
+  {
+    float* rec = send.data();
+    for (int r = 0; r < ranks; ++r) {
+      for (int32_t i : tokens_to[r]) {
+        std::copy_n(h + i * hidden, hidden, rec);
+        int32_t* ids = reinterpret_cast<int32_t*>(rec + hidden);
+        float* wts = rec + hidden + top_k;
+        int64_t slot = 0;
+        for (int64_t j = 0; j < top_k; ++j) {
+          const int32_t e = top_ids[i * top_k + j];
+          if (placement_.owner(e) != r) continue;
+          ids[slot] = e;
+          wts[slot++] = top_weights[i * top_k + j];
+        }
+        for (; slot < top_k; ++slot) ids[slot] = -1, wts[slot] = 0.0f;
+        rec += record_floats;
+      }
+    }
+  }
+  if (auto s = comm_->ExchangeCounts(send_counts, recv_counts); !s.ok()) return s;
+  int64_t recv_records = 0;
+  for (int r = 0; r < ranks; ++r) {
+    if (recv_counts[r] % record_bytes != 0) {
+      return absl::DataLossError(absl::StrCat("layer ", layer, ": rank ", r, " sent ",
+                                              recv_counts[r], " bytes, not a whole number of ",
+                                              record_bytes, "-byte records"));
+    }
+    recv_records += recv_counts[r] / record_bytes;
+  }
+  std::vector<float> recv(recv_records * record_floats);
+  if (auto s = comm_->AllToAllV(send.data(), send_counts, recv.data(), recv_counts); !s.ok())
+    return s;
+
+  // Local experts over the received records, in ascending expert id.
+  std::vector<std::vector<int32_t>> rows_of(experts);
+  std::vector<std::vector<float>> weights_of(experts);
+  for (int64_t i = 0; i < recv_records; ++i) {
+    const float* rec = recv.data() + i * record_floats;
+    const int32_t* ids = reinterpret_cast<const int32_t*>(rec + hidden);
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int32_t e = ids[j];
+      if (e < 0) continue;
+      if (e >= experts || !weights_->owns_expert[e]) {
+        return absl::DataLossError(absl::StrCat("layer ", layer, ": received a token for expert ",
+                                                e, ", which this rank does not hold"));
+      }
+      rows_of[e].push_back(static_cast<int32_t>(i));
+      weights_of[e].push_back(rec[hidden + top_k + j]);
+    }
+  }
+  std::vector<float> xs_in(recv_records * hidden);
+  for (int64_t i = 0; i < recv_records; ++i) {
+    std::copy_n(recv.data() + i * record_floats, hidden, xs_in.data() + i * hidden);
+  }
+  std::vector<float> partial(recv_records * hidden, 0.0f), xs, ys;
   for (int64_t e = 0; e < experts; ++e) {
-    const auto& rows = tokens_of[e];
+    const auto& rows = rows_of[e];
     if (rows.empty()) continue;
     const int64_t m = static_cast<int64_t>(rows.size());
     xs.resize(m * hidden);
     ys.resize(m * hidden);
-    backend_->GatherRows(h, rows.data(), m, hidden, xs.data());
+    backend_->GatherRows(xs_in.data(), rows.data(), m, hidden, xs.data());
     DenseMlp(w.experts[e], xs.data(), m, ys.data());
-    backend_->ScatterAddRows(ys.data(), rows.data(), weights_of[e].data(), m, hidden, routed.data());
+    backend_->ScatterAddRows(ys.data(), rows.data(), weights_of[e].data(), m, hidden,
+                             partial.data());
+    expert_tokens_[layer * experts + e] += m;
+  }
+
+  // Combine: partial sums back to the token owners, in the order they were sent.
+  std::vector<int64_t> back_send(ranks), back_recv(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    back_send[r] = recv_counts[r] / record_bytes * hidden * static_cast<int64_t>(sizeof(float));
+    back_recv[r] =
+        static_cast<int64_t>(tokens_to[r].size()) * hidden * static_cast<int64_t>(sizeof(float));
+  }
+  std::vector<float> combined(send_records * hidden);
+  if (auto s = comm_->AllToAllV(partial.data(), back_send, combined.data(), back_recv); !s.ok())
+    return s;
+
+  // Shared expert, then the routed partial sums in rank order.
+  DenseMlp(w.shared_expert, h, n, out);
+  std::vector<float> shared_gate(n);
+  backend_->Linear(h, n, M(w.shared_expert_gate), shared_gate.data());
+  backend_->ScaleRowsBySigmoid(shared_gate.data(), n, hidden, out);
+  std::vector<float> routed(n * hidden, 0.0f);
+  const float* part = combined.data();
+  for (int r = 0; r < ranks; ++r) {
+    const int64_t m = static_cast<int64_t>(tokens_to[r].size());
+    const std::vector<float> ones(m, 1.0f);
+    backend_->ScatterAddRows(part, tokens_to[r].data(), ones.data(), m, hidden, routed.data());
+    part += m * hidden;
   }
   backend_->Add(routed.data(), n * hidden, out);
+  return absl::OkStatus();
 }
 
 }  // namespace nextserve

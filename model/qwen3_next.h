@@ -4,15 +4,20 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "model/cache_pool.h"
+#include "model/expert_placement.h"
 #include "model/weights.h"
 
 namespace nextserve {
+namespace comm {
+class Communicator;
+}
 
 // New tokens of one sequence for this step. Positions continue from state->num_tokens().
 struct SequenceInput {
@@ -29,18 +34,29 @@ struct ForwardProfile {
 
 class Qwen3NextModel {
  public:
+  // `comm` (not owned) joins this model to an expert-parallel group: each rank holds the experts
+  // `placement` gives it (loaded with LoadOptions.experts) and every rank must call Forward the
+  // same number of times, with an empty batch when it has nothing to do. Without `comm` the model
+  // is a group of one and must hold every expert.
   Qwen3NextModel(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend,
-                 CacheLimits cache_limits = {});
+                 CacheLimits cache_limits = {}, comm::Communicator* comm = nullptr,
+                 std::optional<ExpertPlacement> placement = std::nullopt);
+  ~Qwen3NextModel();
 
   const ModelConfig& config() const { return weights_->config(); }
   const ModelWeights& weights() const { return *weights_; }
   CachePool& cache_pool() { return pool_; }
+  comm::Communicator& communicator() { return *comm_; }
+  const ExpertPlacement& placement() const { return placement_; }
+  // Tokens each (layer, expert) held here has processed: [layers * experts], for placement tuning.
+  const std::vector<int64_t>& expert_token_counts() const { return expert_tokens_; }
   // A new, empty sequence whose cache lives in this model's pool.
   std::unique_ptr<SequenceState> NewSequence();
 
   // Runs one step over the batch and returns logits [rows, vocab]: for each input in order, one row
-  // per new token (all_logits), none (no_logits) or one row for its last token. Validates token ids and emptiness and
-  // reserves cache room (ResourceExhausted when the pool is full); on error no sequence advances.
+  // per new token (all_logits), none (no_logits) or one row for its last token. Validates token ids
+  // and emptiness and reserves cache room (ResourceExhausted when the pool is full); on error no
+  // sequence advances.
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceInput> batch,
                                              ForwardProfile* profile = nullptr);
 
@@ -48,12 +64,17 @@ class Qwen3NextModel {
   struct Step;  // per-call scratch
   void AttentionLayer(int64_t layer, Step& step, const float* h, float* out);
   void DeltaNetLayer(int64_t layer, Step& step, const float* h, float* out);
-  void MoeLayer(int64_t layer, Step& step, const float* h, float* out);
+  absl::Status MoeLayer(int64_t layer, Step& step, const float* h, float* out);
   void DenseMlp(const MlpWeights& w, const float* h, int64_t n, float* out);
 
   std::shared_ptr<const ModelWeights> weights_;
   kernels::Backend* backend_;
   CachePool pool_;
+  std::unique_ptr<comm::Communicator> own_comm_;  // the group of one, when none is given
+  comm::Communicator* comm_;
+  ExpertPlacement placement_;
+  bool expert_parallel_ok_ = true;
+  std::vector<int64_t> expert_tokens_;
   std::vector<int64_t> kind_index_;  // layer -> index among layers of its kind (pool addressing)
 };
 

@@ -68,7 +68,8 @@ absl::Status ReadNumber(const json& j, const std::string& path, const char* fiel
 }  // namespace
 
 SamplingDefaults Qwen3NextInstructDefaults() {
-  return {.temperature = 0.7f, .top_p = 0.8f, .top_k = 20, .min_p = 0.0f, .repetition_penalty = 1.0f};
+  return {
+      .temperature = 0.7f, .top_p = 0.8f, .top_k = 20, .min_p = 0.0f, .repetition_penalty = 1.0f};
 }
 
 absl::StatusOr<ModelSpec> LoadModelSpec(const std::string& dir) {
@@ -114,8 +115,8 @@ absl::StatusOr<ModelSpec> LoadModelSpec(const std::string& dir) {
   }
   for (int32_t id : spec.eos_token_ids) {
     if (id >= spec.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(dir, ": eos_token_id ", id,
-                                                     " is outside the vocabulary (", spec.vocab_size, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, ": eos_token_id ", id, " is outside the vocabulary (", spec.vocab_size, ")"));
     }
   }
 
@@ -123,8 +124,9 @@ absl::StatusOr<ModelSpec> LoadModelSpec(const std::string& dir) {
   if (!tok.ok()) return tok.status();
   spec.tokenizer = *std::move(tok);
   if (spec.tokenizer->vocab_size() > spec.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, ": the tokenizer has ", spec.tokenizer->vocab_size(),
-                                                   " ids but config.json's vocab_size is ", spec.vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": the tokenizer has ", spec.tokenizer->vocab_size(),
+                     " ids but config.json's vocab_size is ", spec.vocab_size));
   }
   return spec;
 }

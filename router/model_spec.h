@@ -26,7 +26,7 @@ struct SamplingDefaults {
 SamplingDefaults Qwen3NextInstructDefaults();
 
 struct ModelSpec {
-  std::string name;  // the directory as given, or --model-name
+  std::string name;        // the directory as given, or --model-name
   int64_t vocab_size = 0;  // the model's (embedding rows), >= the tokenizer's
   int64_t max_position_embeddings = 0;
   int64_t num_experts = 0;

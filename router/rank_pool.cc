@@ -40,7 +40,8 @@ RankLease::~RankLease() {
   if (pool_ != nullptr) pool_->Release(rank_);
 }
 
-RankPool::RankPool(std::vector<std::string> addresses, RankPoolOptions options) : options_(options) {
+RankPool::RankPool(std::vector<std::string> addresses, RankPoolOptions options)
+    : options_(options) {
   for (std::string& address : addresses) {
     auto rank = std::make_unique<Rank>();
     rank->address = std::move(address);
@@ -83,7 +84,8 @@ void RankPool::PollLoop() {
     lock.unlock();  // a probe's callback may run on this thread
     for (int r : due) Probe(r);
     lock.lock();
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.poll_interval), [this] { return stopping_; });
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.poll_interval),
+                 [this] { return stopping_; });
   }
 }
 
@@ -117,13 +119,15 @@ void RankPool::OnProbe(int r, const grpc::Status& status, const internal::v1::Lo
       if (!rank.healthy) {
         rank.healthy = true;
         ++healthy_;
-        std::fprintf(stderr, "nextserve-router: rank %s is healthy (%lld state slots, %lld KV blocks)\n",
+        std::fprintf(stderr,
+                     "nextserve-router: rank %s is healthy (%lld state slots, %lld KV blocks)\n",
                      rank.address.c_str(), static_cast<long long>(load.total_state_slots()),
                      static_cast<long long>(load.total_kv_blocks()));
       }
     } else if (!stopping_) {
-      MarkUnhealthyLocked(r, absl::StrCat("load probe failed: ", grpc::StatusCode(status.error_code()), " ",
-                                          status.error_message()));
+      MarkUnhealthyLocked(
+          r, absl::StrCat("load probe failed: ", grpc::StatusCode(status.error_code()), " ",
+                          status.error_message()));
     }
     if (healthy_ != before) {
       notify = on_health_;
@@ -157,7 +161,8 @@ void RankPool::MarkUnhealthyLocked(int r, const std::string& why) {
   rank.healthy = false;
   --healthy_;
   rank.epoch.fetch_add(1);  // requests dispatched before this are lost
-  std::fprintf(stderr, "nextserve-router: rank %s is unhealthy: %s\n", rank.address.c_str(), why.c_str());
+  std::fprintf(stderr, "nextserve-router: rank %s is unhealthy: %s\n", rank.address.c_str(),
+               why.c_str());
 }
 
 void RankPool::Release(int r) {
@@ -183,10 +188,11 @@ int RankPool::PickLocked(int avoid) const {
       if (!rank.healthy || rank.in_flight >= CapacityLocked(rank)) continue;
       if (pass == 0 && r == avoid) continue;
       // The rank's own count includes other routers' requests; ours is more recent.
-      const int64_t load = std::max<int64_t>(rank.in_flight, rank.load.running() + rank.load.waiting());
-      const double free = rank.load.total_kv_blocks() > 0
-                              ? double(rank.load.free_kv_blocks()) / double(rank.load.total_kv_blocks())
-                              : 0.0;
+      const int64_t load =
+          std::max<int64_t>(rank.in_flight, rank.load.running() + rank.load.waiting());
+      const double free = rank.load.total_kv_blocks() > 0 ? double(rank.load.free_kv_blocks()) /
+                                                                double(rank.load.total_kv_blocks())
+                                                          : 0.0;
       if (best < 0 || load < best_load || (load == best_load && free > best_free)) {
         best = r;
         best_load = load;
@@ -203,10 +209,11 @@ std::string RankPool::DescribeLocked() const {
   return absl::StrJoin(parts, "; ");
 }
 
-absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline, const std::function<bool()>& cancelled,
-                                            int avoid) {
+absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline,
+                                            const std::function<bool()>& cancelled, int avoid) {
   std::unique_lock lock(mu_);
-  if (healthy_ == 0) return absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")"));
+  if (healthy_ == 0)
+    return absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")"));
   if (queue_.empty()) {
     if (int r = PickLocked(avoid); r >= 0) {
       ++ranks_[r]->in_flight;
@@ -228,8 +235,11 @@ absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline, const std::func
   for (;;) {
     if (stopping_) return leave(absl::UnavailableError("the router is shutting down"));
     if (cancelled && cancelled()) return leave(absl::CancelledError("cancelled while queued"));
-    if (absl::Now() >= deadline) return leave(absl::DeadlineExceededError("deadline passed while queued for a rank"));
-    if (healthy_ == 0) return leave(absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")")));
+    if (absl::Now() >= deadline)
+      return leave(absl::DeadlineExceededError("deadline passed while queued for a rank"));
+    if (healthy_ == 0)
+      return leave(
+          absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")")));
     if (queue_.front() == ticket) {
       if (int r = PickLocked(avoid); r >= 0) {
         queue_.pop_front();
@@ -239,7 +249,8 @@ absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline, const std::func
         return RankLease(this, r, ranks_[r]->epoch.load());
       }
     }
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(std::min(kWaitTick, std::max(deadline - absl::Now(), absl::ZeroDuration()))));
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(std::min(
+                           kWaitTick, std::max(deadline - absl::Now(), absl::ZeroDuration()))));
   }
 }
 

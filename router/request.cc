@@ -12,9 +12,37 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-absl::Status Invalid(auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); }
+absl::Status Invalid(auto&&... parts) {
+  return absl::InvalidArgumentError(absl::StrCat(parts...));
+}
+
+// JSON from clients is rendered recursively later: bound its nesting first.
+constexpr int kMaxJsonDepth = 64;
+
+int JsonDepth(const std::string& text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return deepest;
+}
 
 absl::StatusOr<ojson> ParseJsonObject(const std::string& text, const std::string& field) {
+  if (JsonDepth(text) > kMaxJsonDepth)
+    return Invalid(field, " nests deeper than ", kMaxJsonDepth, " levels");
   ojson j = ojson::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return Invalid(field, " is not a JSON object");
   return j;
@@ -27,15 +55,16 @@ absl::StatusOr<std::string> RenderChatText(const v1::Chat& chat, const RequestLi
                    limits.max_chat_messages, " are allowed");
   }
   if (chat.tools_size() > limits.max_tools) {
-    return Invalid("prompt.chat.tools has ", chat.tools_size(), " entries; at most ", limits.max_tools,
-                   " are allowed");
+    return Invalid("prompt.chat.tools has ", chat.tools_size(), " entries; at most ",
+                   limits.max_tools, " are allowed");
   }
   std::vector<tokenizer::ChatMessage> messages;
   messages.reserve(chat.messages_size());
   for (int i = 0; i < chat.messages_size(); ++i) {
     const v1::ChatMessage& m = chat.messages(i);
     const std::string where = absl::StrCat("prompt.chat.messages[", i, "]");
-    if (m.role() != "system" && m.role() != "user" && m.role() != "assistant" && m.role() != "tool") {
+    if (m.role() != "system" && m.role() != "user" && m.role() != "assistant" &&
+        m.role() != "tool") {
       return Invalid(where, ".role '", m.role(), "' is not one of system, user, assistant, tool");
     }
     if (m.role() == "system" && i != 0) {
@@ -64,19 +93,21 @@ absl::StatusOr<std::string> RenderChatText(const v1::Chat& chat, const RequestLi
     ojson fn = {{"name", tool.name()}};
     if (!tool.description().empty()) fn["description"] = tool.description();
     if (!tool.parameters_json().empty()) {
-      absl::StatusOr<ojson> params = ParseJsonObject(tool.parameters_json(), at + ".parameters_json");
+      absl::StatusOr<ojson> params =
+          ParseJsonObject(tool.parameters_json(), at + ".parameters_json");
       if (!params.ok()) return params.status();
       fn["parameters"] = *std::move(params);
     }
     tools.push_back({{"type", "function"}, {"function", std::move(fn)}});
   }
-  absl::StatusOr<std::string> text =
-      tokenizer::RenderChat(messages, tools, chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true);
+  absl::StatusOr<std::string> text = tokenizer::RenderChat(
+      messages, tools, chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true);
   if (!text.ok()) return Invalid("prompt.", text.status().message());
   return text;
 }
 
-absl::Status CheckIds(const google::protobuf::RepeatedField<int32_t>& ids, const char* field, int64_t vocab) {
+absl::Status CheckIds(const google::protobuf::RepeatedField<int32_t>& ids, const char* field,
+                      int64_t vocab) {
   for (int i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
       return Invalid(field, "[", i, "] = ", ids[i], " is not a token id in [0, ", vocab, ")");
@@ -98,13 +129,15 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const v1::Chat& chat, const Mo
                                                   const RequestLimits& limits) {
   absl::StatusOr<std::string> text = RenderChatText(chat, limits);
   if (!text.ok()) return text.status();
-  absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->Encode(*text, {.parse_special = true});
+  absl::StatusOr<std::vector<int32_t>> ids =
+      model.tokenizer->Encode(*text, {.parse_special = true});
   if (!ids.ok()) return Invalid("prompt.chat: ", ids.status().message());
   return ids;
 }
 
-absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& request, const ModelSpec& model,
-                                                int64_t max_context, const RequestLimits& limits) {
+absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& request,
+                                                const ModelSpec& model, int64_t max_context,
+                                                const RequestLimits& limits) {
   ResolvedRequest out;
   if (request.request_id().size() > limits.max_request_id_bytes) {
     return Invalid("request_id is ", request.request_id().size(), " bytes; at most ",
@@ -114,13 +147,15 @@ absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& reque
   // Cheap checks first, so that a bad request costs no tokenization.
   const v1::SamplingParams& p = request.sampling();
   if (request.stop_size() > limits.max_stop_strings) {
-    return Invalid("stop has ", request.stop_size(), " strings; at most ", limits.max_stop_strings, " are allowed");
+    return Invalid("stop has ", request.stop_size(), " strings; at most ", limits.max_stop_strings,
+                   " are allowed");
   }
   for (int i = 0; i < request.stop_size(); ++i) {
     const std::string& s = request.stop(i);
     if (s.empty()) return Invalid("stop[", i, "] is empty");
     if (s.size() > limits.max_stop_bytes) {
-      return Invalid("stop[", i, "] is ", s.size(), " bytes; at most ", limits.max_stop_bytes, " are allowed");
+      return Invalid("stop[", i, "] is ", s.size(), " bytes; at most ", limits.max_stop_bytes,
+                     " are allowed");
     }
     out.stop.push_back(s);
   }
@@ -147,7 +182,8 @@ absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& reque
   sp.top_p = p.has_top_p() ? p.top_p() : d.top_p;
   sp.top_k = p.has_top_k() ? p.top_k() : d.top_k;
   sp.min_p = p.has_min_p() ? p.min_p() : d.min_p;
-  sp.repetition_penalty = p.has_repetition_penalty() ? p.repetition_penalty() : d.repetition_penalty;
+  sp.repetition_penalty =
+      p.has_repetition_penalty() ? p.repetition_penalty() : d.repetition_penalty;
   sp.presence_penalty = p.has_presence_penalty() ? p.presence_penalty() : 0.0f;
   sp.frequency_penalty = p.has_frequency_penalty() ? p.frequency_penalty() : 0.0f;
   for (const auto& [token, bias] : p.logit_bias()) sp.logit_bias.emplace_back(token, bias);
@@ -158,7 +194,8 @@ absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& reque
   if (p.has_seed()) sp.seed = p.seed();
   sp.logprobs = request.has_logprobs() ? request.logprobs() : -1;
   if (request.has_logprobs() && request.logprobs() < 0) {
-    return Invalid("logprobs must be in [0, ", sampling::kMaxLogprobs, "], got ", request.logprobs());
+    return Invalid("logprobs must be in [0, ", sampling::kMaxLogprobs, "], got ",
+                   request.logprobs());
   }
   if (absl::Status s = sp.Validate(model.vocab_size); !s.ok()) return s;
 
@@ -180,7 +217,8 @@ absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& reque
     case v1::GenerateRequest::kTokenIds: {
       const auto& ids = request.token_ids().ids();
       if (ids.empty()) return Invalid("prompt.token_ids is empty");
-      if (absl::Status s = CheckIds(ids, "prompt.token_ids.ids", model.vocab_size); !s.ok()) return s;
+      if (absl::Status s = CheckIds(ids, "prompt.token_ids.ids", model.vocab_size); !s.ok())
+        return s;
       out.prompt_ids.assign(ids.begin(), ids.end());
       break;
     }
@@ -195,8 +233,8 @@ absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& reque
   }
   if (request.has_max_tokens()) {
     if (prompt_len + request.max_tokens() > max_context) {
-      return Invalid("max_tokens: prompt (", prompt_len, " tokens) + max_tokens (", request.max_tokens(),
-                     ") exceeds the context length ", max_context);
+      return Invalid("max_tokens: prompt (", prompt_len, " tokens) + max_tokens (",
+                     request.max_tokens(), ") exceeds the context length ", max_context);
     }
     out.max_tokens = request.max_tokens();
   } else {
@@ -222,7 +260,8 @@ absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& reque
   for (int32_t id : sp.stop_token_ids) s.add_stop_token_ids(id);
   if (!sp.ignore_eos) {
     for (int32_t id : model.eos_token_ids) {
-      if (std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), id) == sp.stop_token_ids.end()) {
+      if (std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), id) ==
+          sp.stop_token_ids.end()) {
         s.add_stop_token_ids(id);
       }
     }

@@ -29,7 +29,7 @@ struct ResolvedRequest {
   std::vector<int32_t> prompt_ids;
   int32_t max_tokens = 0;
   int32_t min_tokens = 0;
-  std::vector<std::string> stop;  // stop strings, applied by the router
+  std::vector<std::string> stop;    // stop strings, applied by the router
   internal::v1::Sampling sampling;  // what the rank gets, fully resolved
 };
 
@@ -41,8 +41,9 @@ absl::StatusOr<std::vector<int32_t>> TokenizeText(const std::string& text, const
                                                   const ModelSpec& model);
 
 // `max_context` bounds prompt + max_tokens (the smaller of the model's and the ranks').
-absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& request, const ModelSpec& model,
-                                                int64_t max_context, const RequestLimits& limits = {});
+absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& request,
+                                                const ModelSpec& model, int64_t max_context,
+                                                const RequestLimits& limits = {});
 
 // The generation defaults as the public API spells them (GetModelInfo).
 v1::SamplingParams DefaultSampling(const ModelSpec& model);

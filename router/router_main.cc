@@ -1,7 +1,7 @@
 // nextserve-router: the public gRPC endpoint in front of the ranks.
 #include <csignal>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +13,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "router/model_spec.h"
+#include "router/parse_errors.h"
 #include "router/rank_pool.h"
 #include "router/service.h"
 
@@ -22,27 +23,37 @@ using nextserve::cli::Flags;
 
 int Run(int argc, char** argv) {
   std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
-  int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150, probe_timeout_ms = 1000;
+  int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
+          probe_timeout_ms = 1000, drain_ms = 1000;
   Flags flags(
-      "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] [--max-queue N]");
-  flags.String("model", &model_dir, "model directory (config.json, tokenizer.json, generation_config.json)");
+      "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] "
+      "[--max-queue N]");
+  flags.String("model", &model_dir,
+               "model directory (config.json, tokenizer.json, generation_config.json)");
   flags.String("ranks", &ranks_flag, "comma-separated rank addresses (host:port)");
   flags.String("host", &host, "address to listen on");
   flags.Int("port", &port, "port to listen on (0: any free port, printed at start)");
   flags.String("model-name", &model_name, "name reported by GetModelInfo (default: the directory)");
-  flags.Int("max-queue", &max_queue, "requests that may wait for a rank; more are RESOURCE_EXHAUSTED");
+  flags.Int("max-queue", &max_queue,
+            "requests that may wait for a rank; more are RESOURCE_EXHAUSTED");
   flags.Int("rank-queue-depth", &rank_queue_depth,
             "requests sent to a rank beyond its state slots (-1: as many as it has slots)");
   flags.Int("poll-ms", &poll_ms, "how often each rank's load is polled");
-  flags.Int("probe-timeout-ms", &probe_timeout_ms, "a rank that does not answer a poll this fast is unhealthy");
+  flags.Int("probe-timeout-ms", &probe_timeout_ms,
+            "a rank that does not answer a poll this fast is unhealthy");
+  flags.Int("drain-ms", &drain_ms, "on SIGTERM/SIGINT, how long requests in flight may finish");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
-  if (model_dir.empty()) return Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
+  if (model_dir.empty())
+    return Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
   std::vector<std::string> ranks = absl::StrSplit(ranks_flag, ',', absl::SkipWhitespace());
   if (ranks.empty()) return Flags::Report(absl::InvalidArgumentError("--ranks is required"), flags);
-  if (port < 0 || port > 65535) return Flags::Report(absl::InvalidArgumentError("--port must be in [0, 65535]"), flags);
-  if (max_queue < 0) return Flags::Report(absl::InvalidArgumentError("--max-queue must be >= 0"), flags);
+  if (port < 0 || port > 65535)
+    return Flags::Report(absl::InvalidArgumentError("--port must be in [0, 65535]"), flags);
+  if (max_queue < 0)
+    return Flags::Report(absl::InvalidArgumentError("--max-queue must be >= 0"), flags);
   if (poll_ms < 1 || probe_timeout_ms < 1) {
-    return Flags::Report(absl::InvalidArgumentError("--poll-ms and --probe-timeout-ms must be >= 1"), flags);
+    return Flags::Report(
+        absl::InvalidArgumentError("--poll-ms and --probe-timeout-ms must be >= 1"), flags);
   }
 
   // gRPC 1.51 notices a reconnection to a rank that came back only when some thread polls; its
@@ -73,30 +84,39 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), &selected_port);
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+                           &selected_port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(16 << 20);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(nextserve::router::MakeParseErrorInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || selected_port == 0) {
-    std::fprintf(stderr, "nextserve-router: cannot listen on %s:%lld\n", host.c_str(), static_cast<long long>(port));
+    std::fprintf(stderr, "nextserve-router: cannot listen on %s:%lld\n", host.c_str(),
+                 static_cast<long long>(port));
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);  // until a rank answers
   pool.SetHealthCallback([health](int healthy) { health->SetServingStatus(healthy > 0); });
   pool.Start();
-  std::printf("nextserve-router listening on %s:%d (%zu ranks)\n", host.c_str(), selected_port, ranks.size());
+  std::printf("nextserve-router listening on %s:%d (%zu ranks)\n", host.c_str(), selected_port,
+              ranks.size());
   std::fflush(stdout);
 
   int sig = 0;
   sigwait(&signals, &sig);
   std::fprintf(stderr, "nextserve-router: signal %d, shutting down\n", sig);
   health->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // gRPC waits out the whole deadline when a client still holds a connection, so keep it short.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(drain_ms));
   server->Wait();
   return 0;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) { return Run(argc, argv); }
+int main(int argc, char** argv) {
+  return Run(argc, argv);
+}

@@ -37,7 +37,8 @@ v1::TokenLogprobs ToPublic(int32_t token, const internal::v1::TokenLogprobs& in)
 // One rank call in flight; the watcher cancels it, recording why.
 struct InferenceService::ActiveCall {
   enum Cause : int { kNone, kClient, kRankLost, kStopString };
-  ActiveCall(grpc::ServerContext* server, int rank, uint64_t epoch) : server(server), rank(rank), epoch(epoch) {}
+  ActiveCall(grpc::ServerContext* server, int rank, uint64_t epoch)
+      : server(server), rank(rank), epoch(epoch) {}
 
   // The first cause wins; returns whether this call set it.
   bool Cancel(Cause why) {
@@ -73,28 +74,31 @@ InferenceService::~InferenceService() {
     std::lock_guard lock(calls_mu_);
     stopping_ = true;
   }
+  calls_cv_.notify_all();
   watcher_.join();
 }
 
 void InferenceService::WatchLoop() {
-  for (;;) {
-    {
-      std::lock_guard lock(calls_mu_);
-      if (stopping_) return;
-      for (ActiveCall* call : calls_) {
-        if (call->cause.load() != ActiveCall::kNone) continue;
-        if (call->server->IsCancelled()) {
-          call->Cancel(ActiveCall::kClient);
-        } else if (pool_.epoch(call->rank) != call->epoch) {
-          call->Cancel(ActiveCall::kRankLost);
-        }
+  std::unique_lock lock(calls_mu_);
+  while (!stopping_) {
+    if (calls_.empty()) {
+      calls_cv_.wait(lock);  // an idle router costs nothing
+      continue;
+    }
+    for (ActiveCall* call : calls_) {
+      if (call->cause.load() != ActiveCall::kNone) continue;
+      if (call->server->IsCancelled()) {
+        call->Cancel(ActiveCall::kClient);
+      } else if (pool_.epoch(call->rank) != call->epoch) {
+        call->Cancel(ActiveCall::kRankLost);
       }
     }
-    std::this_thread::sleep_for(absl::ToChronoMicroseconds(options_.watch_interval));
+    calls_cv_.wait_for(lock, absl::ToChronoMicroseconds(options_.watch_interval));
   }
 }
 
-grpc::Status InferenceService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* request,
+grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
+                                        const v1::GenerateRequest* request,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
   const absl::Time arrival = absl::Now();
   const std::string request_id =
@@ -102,15 +106,17 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx, const v1::Gene
           ? absl::StrCat("req-", absl::Hex(id_salt_ & 0xffffffff), "-", next_id_.fetch_add(1))
           : request->request_id();
   int64_t max_context = model_.max_position_embeddings;
-  if (const int64_t ranks = pool_.max_context(); ranks > 0) max_context = std::min(max_context, ranks);
-  absl::StatusOr<ResolvedRequest> resolved = ResolveGenerate(*request, model_, max_context, options_.limits);
+  if (const int64_t ranks = pool_.max_context(); ranks > 0)
+    max_context = std::min(max_context, ranks);
+  absl::StatusOr<ResolvedRequest> resolved =
+      ResolveGenerate(*request, model_, max_context, options_.limits);
   if (!resolved.ok()) return ToGrpc(resolved.status());
 
   Progress progress{.arrival = arrival, .text = TextStream(*model_.tokenizer, resolved->stop)};
   int avoid = -1;
   for (int attempt = 0;; ++attempt) {
-    absl::StatusOr<RankLease> lease =
-        pool_.Acquire(DeadlineOf(*ctx), [ctx] { return ctx->IsCancelled(); }, avoid);
+    absl::StatusOr<RankLease> lease = pool_.Acquire(
+        DeadlineOf(*ctx), [ctx] { return ctx->IsCancelled(); }, avoid);
     if (!lease.ok()) {
       return grpc::Status(static_cast<grpc::StatusCode>(lease.status().code()),
                           absl::StrCat("request ", request_id, ": ", lease.status().message()));
@@ -124,11 +130,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx, const v1::Gene
   }
 }
 
-InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
-                                                      grpc::ServerWriter<v1::GenerateResponse>* writer,
-                                                      const ResolvedRequest& request,
-                                                      const std::string& request_id, const RankLease& lease,
-                                                      Progress& progress) {
+InferenceService::Attempt InferenceService::RunOnRank(
+    grpc::ServerContext* ctx, grpc::ServerWriter<v1::GenerateResponse>* writer,
+    const ResolvedRequest& request, const std::string& request_id, const RankLease& lease,
+    Progress& progress) {
   const int rank = lease.rank();
   const std::string& address = pool_.address(rank);
   internal::v1::SubmitRequest submit;
@@ -139,11 +144,13 @@ InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
   *submit.mutable_sampling() = request.sampling;
 
   ActiveCall call(ctx, rank, lease.epoch());
-  if (ctx->deadline() != std::chrono::system_clock::time_point::max()) call.rank_ctx.set_deadline(ctx->deadline());
+  if (ctx->deadline() != std::chrono::system_clock::time_point::max())
+    call.rank_ctx.set_deadline(ctx->deadline());
   {
     std::lock_guard lock(calls_mu_);
     calls_.insert(&call);
   }
+  calls_cv_.notify_one();
   struct Unregister {
     InferenceService* self;
     ActiveCall* call;
@@ -173,7 +180,8 @@ InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
     usage->set_completion_tokens(progress.completion_tokens);
     usage->set_queue_time_s(progress.queue_time_s);
     if (progress.first_token != absl::InfiniteFuture()) {
-      usage->set_time_to_first_token_s(absl::ToDoubleSeconds(progress.first_token - progress.arrival));
+      usage->set_time_to_first_token_s(
+          absl::ToDoubleSeconds(progress.first_token - progress.arrival));
     }
     return writer->Write(final_msg);
   };
@@ -181,7 +189,8 @@ InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
   while (!finished && reader->Read(&msg)) {
     if (first_message) {
       first_message = false;
-      progress.queue_time_s = absl::ToDoubleSeconds(dispatched - progress.arrival) + msg.queue_time_s();
+      progress.queue_time_s =
+          absl::ToDoubleSeconds(dispatched - progress.arrival) + msg.queue_time_s();
     }
     v1::Delta* delta = out.mutable_delta();
     delta->Clear();
@@ -196,7 +205,8 @@ InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
       if (i < msg.logprobs_size()) *delta->add_logprobs() = ToPublic(id, msg.logprobs(i));
       // The stop token itself adds no text.
       if (stop_token && i + 1 == msg.token_ids_size()) break;
-      TextStream::Piece piece = progress.text.Add(id, progress.completion_tokens >= request.min_tokens);
+      TextStream::Piece piece =
+          progress.text.Add(id, progress.completion_tokens >= request.min_tokens);
       delta->mutable_text()->append(piece.text);
       if (piece.stopped) {
         stopped = true;
@@ -204,7 +214,8 @@ InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
       }
     }
     if (msg.finish() != internal::v1::FINISH_NONE && !stopped) {
-      TextStream::Piece piece = progress.text.Finish(progress.completion_tokens >= request.min_tokens);
+      TextStream::Piece piece =
+          progress.text.Finish(progress.completion_tokens >= request.min_tokens);
       delta->mutable_text()->append(piece.text);
       if (piece.stopped) {
         stopped = true;
@@ -219,7 +230,8 @@ InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
       call.Cancel(ActiveCall::kStopString);  // the rank frees the request at its next step
       if (!write_final(v1::FINISH_REASON_STOP, stop_string)) call.Cancel(ActiveCall::kClient);
       finished = true;
-    } else if (msg.finish() == internal::v1::FINISH_STOP_TOKEN || msg.finish() == internal::v1::FINISH_LENGTH) {
+    } else if (msg.finish() == internal::v1::FINISH_STOP_TOKEN ||
+               msg.finish() == internal::v1::FINISH_LENGTH) {
       const bool by_token = msg.finish() == internal::v1::FINISH_STOP_TOKEN;
       const std::string reason = by_token && msg.token_ids_size() > 0
                                      ? std::to_string(msg.token_ids(msg.token_ids_size() - 1))
@@ -244,30 +256,42 @@ InferenceService::Attempt InferenceService::RunOnRank(grpc::ServerContext* ctx,
   switch (call.cause.load()) {
     case ActiveCall::kClient:
       if (absl::Now() >= DeadlineOf(*ctx)) {
-        return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, absl::StrCat(where, ": deadline exceeded")), false};
+        return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                             absl::StrCat(where, ": deadline exceeded")),
+                false};
       }
-      return {grpc::Status(grpc::StatusCode::CANCELLED, absl::StrCat(where, ": cancelled by the client")), false};
+      return {grpc::Status(grpc::StatusCode::CANCELLED,
+                           absl::StrCat(where, ": cancelled by the client")),
+              false};
     case ActiveCall::kRankLost:
-      return {grpc::Status(grpc::StatusCode::UNAVAILABLE, absl::StrCat(where, ": the rank was lost (stopped answering)")),
+      return {grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           absl::StrCat(where, ": the rank was lost (stopped answering)")),
               nothing_sent};
     default:
       break;
   }
   if (status.ok()) {
-    return {grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat(where, ": the rank ended the stream without finishing")),
+    return {grpc::Status(grpc::StatusCode::INTERNAL,
+                         absl::StrCat(where, ": the rank ended the stream without finishing")),
             false};
   }
-  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || absl::Now() >= DeadlineOf(*ctx)) {
-    return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, absl::StrCat(where, ": deadline exceeded")), false};
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+      absl::Now() >= DeadlineOf(*ctx)) {
+    return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                         absl::StrCat(where, ": deadline exceeded")),
+            false};
   }
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE || status.error_code() == grpc::StatusCode::CANCELLED) {
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      status.error_code() == grpc::StatusCode::CANCELLED) {
     // The connection broke (or the rank shut down): no more work goes there until it answers again.
     pool_.ReportBroken(rank, absl::StrCat("stream broke: ", status.error_message()));
-    return {grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                         absl::StrCat(where, ": the rank's stream broke: ", status.error_message())),
-            nothing_sent};
+    return {
+        grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                     absl::StrCat(where, ": the rank's stream broke: ", status.error_message())),
+        nothing_sent};
   }
-  return {grpc::Status(status.error_code(), absl::StrCat(where, ": ", status.error_message())), false};
+  return {grpc::Status(status.error_code(), absl::StrCat(where, ": ", status.error_message())),
+          false};
 }
 
 grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
@@ -281,25 +305,28 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::Tokenize
       ids = TokenizeChat(request->chat(), model_, options_.limits);
       break;
     case v1::TokenizeRequest::INPUT_NOT_SET:
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "input: one of text or chat is required");
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "input: one of text or chat is required");
   }
   if (!ids.ok()) return ToGrpc(ids.status());
   response->mutable_ids()->Add(ids->begin(), ids->end());
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
+grpc::Status InferenceService::Detokenize(grpc::ServerContext*,
+                                          const v1::DetokenizeRequest* request,
                                           v1::DetokenizeResponse* response) {
   const tokenizer::Tokenizer& tok = *model_.tokenizer;
   for (int i = 0; i < request->ids_size(); ++i) {
     if (!tok.InRange(request->ids(i))) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("ids[", i, "] = ", request->ids(i), " is not a token id in [0, ",
-                                       tok.vocab_size(), ")"));
+                          absl::StrCat("ids[", i, "] = ", request->ids(i),
+                                       " is not a token id in [0, ", tok.vocab_size(), ")"));
     }
   }
   absl::StatusOr<std::string> text =
-      tok.Decode(absl::MakeConstSpan(request->ids().data(), request->ids_size()), request->skip_special_tokens());
+      tok.Decode(absl::MakeConstSpan(request->ids().data(), request->ids_size()),
+                 request->skip_special_tokens());
   if (!text.ok()) return ToGrpc(text.status());
   response->set_text(*std::move(text));
   return grpc::Status::OK;
@@ -310,7 +337,8 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const v1::GetM
   response->set_model(model_.name);
   response->set_vocab_size(model_.vocab_size);
   int64_t max_context = model_.max_position_embeddings;
-  if (const int64_t ranks = pool_.max_context(); ranks > 0) max_context = std::min(max_context, ranks);
+  if (const int64_t ranks = pool_.max_context(); ranks > 0)
+    max_context = std::min(max_context, ranks);
   response->set_max_context(max_context);
   response->set_num_experts(model_.num_experts);
   response->set_num_experts_per_tok(model_.num_experts_per_tok);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <set>
@@ -47,8 +48,8 @@ class InferenceService final : public v1::Inference::Service {
   };
 
   Attempt RunOnRank(grpc::ServerContext* ctx, grpc::ServerWriter<v1::GenerateResponse>* writer,
-                    const ResolvedRequest& request, const std::string& request_id, const RankLease& lease,
-                    Progress& progress);
+                    const ResolvedRequest& request, const std::string& request_id,
+                    const RankLease& lease, Progress& progress);
   void WatchLoop();
 
   const ModelSpec& model_;
@@ -58,6 +59,7 @@ class InferenceService final : public v1::Inference::Service {
   const uint64_t id_salt_;
 
   std::mutex calls_mu_;
+  std::condition_variable calls_cv_;  // a call registered, or stopping
   std::set<ActiveCall*> calls_;
   bool stopping_ = false;
   std::thread watcher_;

@@ -40,7 +40,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
     return 1;
   }
-  std::printf("wrote %s (preset %s, %s)\n", out.c_str(), preset.c_str(),
-              dtype_name.c_str());
+  std::printf("wrote %s (preset %s, %s)\n", out.c_str(), preset.c_str(), dtype_name.c_str());
   return 0;
 }

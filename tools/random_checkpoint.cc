@@ -97,11 +97,12 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown model preset '", name, "' (known: tiny, small)"));
   }
-  if (c.vocab_size <= 151645) c.eos_token_ids.clear();  // <|im_end|> only exists in the real vocabulary
+  if (c.vocab_size <= 151645)
+    c.eos_token_ids.clear();  // <|im_end|> only exists in the real vocabulary
   c.layer_types.clear();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     c.layer_types.push_back((l + 1) % c.full_attention_interval == 0 ? LayerType::kFullAttention
-                                                                      : LayerType::kLinearAttention);
+                                                                     : LayerType::kLinearAttention);
   }
   return c;
 }
@@ -135,7 +136,8 @@ absl::Status WriteRandomCheckpoint(const ModelConfig& c, const std::string& dir,
       norm(p + "self_attn.k_norm.weight", d);
     } else {
       const int64_t nv = c.linear_num_value_heads;
-      linear(p + "linear_attn.in_proj_qkvz.weight", 2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H);
+      linear(p + "linear_attn.in_proj_qkvz.weight",
+             2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H);
       linear(p + "linear_attn.in_proj_ba.weight", 2 * nv, H);
       b.Normal(p + "linear_attn.conv1d.weight", {c.linear_conv_dim(), 1, c.linear_conv_kernel_dim},
                0.5f);

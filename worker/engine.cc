@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "comm/communicator.h"
 
 namespace nextserve::worker {
 namespace {
@@ -14,8 +15,9 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 }  // namespace
 
 Engine::Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend,
-               EngineOptions options)
-    : model_(std::move(weights), backend, options.cache),
+               EngineOptions options, comm::Communicator* comm,
+               std::optional<ExpertPlacement> placement)
+    : model_(std::move(weights), backend, options.cache, comm, std::move(placement)),
       options_(options),
       max_context_(options.max_context > 0 ? options.max_context
                                            : model_.config().max_position_embeddings),
@@ -26,7 +28,8 @@ Engine::Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* ba
   load_.free_slots = options.cache.max_slots;
   load_.block_tokens = options.cache.block_size;
   load_.max_context = max_context_;
-  thread_ = std::thread([this] { Loop(); });
+  grouped_ = model_.communicator().size() > 1;
+  thread_ = std::thread([this] { grouped_ ? GroupLoop() : Loop(); });
 }
 
 Engine::~Engine() {
@@ -43,15 +46,15 @@ absl::StatusOr<std::shared_ptr<OutputChannel>> Engine::Submit(SubmitSpec spec) {
   if (spec.prompt.empty()) return absl::InvalidArgumentError("prompt_ids: empty prompt");
   for (size_t i = 0; i < spec.prompt.size(); ++i) {
     if (spec.prompt[i] < 0 || spec.prompt[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt_ids[", i, "]: token id ", spec.prompt[i],
-                                                     " is outside [0, ", c.vocab_size, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt_ids[", i, "]: token id ", spec.prompt[i], " is outside [0, ", c.vocab_size, ")"));
     }
   }
   if (spec.max_tokens < 1) return absl::InvalidArgumentError("max_tokens: must be at least 1");
   if (static_cast<int64_t>(spec.prompt.size()) + spec.max_tokens > max_context_) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt (", spec.prompt.size(), " tokens) + max_tokens (",
-                                                   spec.max_tokens, ") exceeds the context of ",
-                                                   max_context_, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", spec.prompt.size(), " tokens) + max_tokens (", spec.max_tokens,
+                     ") exceeds the context of ", max_context_, " tokens"));
   }
   const std::vector<int32_t> eos(c.eos_token_ids.begin(), c.eos_token_ids.end());
   auto sampler = sampling::Sampler::Create(spec.sampling, c.vocab_size, spec.prompt, eos);
@@ -68,8 +71,10 @@ absl::StatusOr<std::shared_ptr<OutputChannel>> Engine::Submit(SubmitSpec spec) {
   {
     std::lock_guard lock(mu_);
     if (stop_) return absl::UnavailableError("rank is shutting down");
+    if (!broken_.empty()) return absl::UnavailableError(broken_);
     if (std::find(live_ids_.begin(), live_ids_.end(), spec.id) != live_ids_.end()) {
-      return absl::AlreadyExistsError(absl::StrCat("request_id '", spec.id, "' is already running"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("request_id '", spec.id, "' is already running"));
     }
     live_ids_.push_back(spec.id);
     incoming_.push_back(std::move(r));
@@ -109,7 +114,9 @@ void Engine::Loop() {
     {
       std::unique_lock lock(mu_);
       // Sleep (no CPU) until there is work or something to do.
-      cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !aborts_.empty() || !scheduler_.idle(); });
+      cv_.wait(lock, [&] {
+        return stop_ || !incoming_.empty() || !aborts_.empty() || !scheduler_.idle();
+      });
       if (stop_) break;
       incoming.swap(incoming_);
       aborts.swap(aborts_);
@@ -138,6 +145,59 @@ void Engine::Loop() {
   }
 }
 
+void Engine::FailAll(const std::string& why) {
+  std::vector<std::string> ids;
+  std::vector<std::unique_ptr<Request>> queued;
+  {
+    std::lock_guard lock(mu_);
+    broken_ = why;
+    ids = live_ids_;
+    queued.swap(incoming_);
+  }
+  for (auto& r : queued) Finish(r.get(), Finish::kError, why);
+  for (const std::string& id : ids) {
+    if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kError, why);
+  }
+}
+
+void Engine::GroupLoop() {
+  comm::Communicator& comm = model_.communicator();
+  // Idle ranks re-ask this often: a new request starts within about this long, and the wait sleeps.
+  constexpr auto kIdlePoll = std::chrono::milliseconds(2);
+  while (true) {
+    std::vector<std::unique_ptr<Request>> incoming;
+    std::vector<std::string> aborts;
+    bool stopping;
+    {
+      std::unique_lock lock(mu_);
+      if (incoming_.empty() && aborts_.empty() && scheduler_.idle() && !stop_) {
+        cv_.wait_for(lock, kIdlePoll);
+      }
+      incoming.swap(incoming_);
+      aborts.swap(aborts_);
+      stopping = stop_;
+    }
+    for (auto& r : incoming) scheduler_.Add(std::move(r));
+    for (const std::string& id : aborts) {
+      if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kAborted);
+    }
+    // [work, stop]: step if any rank has work; stop together when any rank stops.
+    int64_t flags[2] = {scheduler_.idle() ? 0 : 1, stopping ? 1 : 0};
+    if (auto s = comm.AllReduce(flags, 2, comm::ReduceOp::kMax); !s.ok()) {
+      FailAll(absl::StrCat("expert-parallel group failed: ", s.message()));
+      return;
+    }
+    if (flags[1] != 0) break;
+    if (flags[0] != 0) Step();
+    {
+      std::lock_guard lock(mu_);
+      if (!broken_.empty()) return;
+    }
+    PublishLoad();
+  }
+  FailAll("rank is shutting down");
+}
+
 void Engine::Step() {
   std::vector<std::unique_ptr<Request>> unservable;
   std::vector<ScheduledWork> work = scheduler_.Schedule(model_.cache_pool(), &unservable);
@@ -146,7 +206,7 @@ void Engine::Step() {
     Finish(r.get(), Finish::kError,
            absl::StrCat("request '", r->id, "' needs more KV blocks than this rank has"));
   }
-  if (!work.empty()) {
+  if (!work.empty() || grouped_) {  // in a group, an empty step still serves the others' tokens
     std::vector<SequenceInput> batch;
     for (const ScheduledWork& w : work) {
       batch.push_back({w.request->state.get(),
@@ -160,11 +220,19 @@ void Engine::Step() {
       }
     }
     auto logits = model_.Forward(batch);
+    if (!logits.ok() && grouped_ &&
+        (absl::IsDeadlineExceeded(logits.status()) || absl::IsUnavailable(logits.status()) ||
+         absl::IsDataLoss(logits.status()))) {
+      // A lost peer: the group cannot step again.
+      FailAll(absl::StrCat("expert-parallel group failed: ", logits.status().message()));
+      return;
+    }
     if (!logits.ok()) {
       // A model error fails this step's requests, not the rank.
       for (const ScheduledWork& w : work) {
         const std::string id = w.request->id;
-        if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kError, std::string(logits.status().message()));
+        if (auto r = scheduler_.Remove(id))
+          Finish(r.get(), Finish::kError, std::string(logits.status().message()));
       }
     } else {
       scheduler_.Commit(work);
@@ -187,7 +255,8 @@ void Engine::Step() {
         if (r.want_logprobs) out.samples.push_back(*sample);
         if (sample->stop) {
           out.finish = Finish::kStopToken;
-        } else if (r.generated() >= r.max_tokens || static_cast<int64_t>(r.tokens.size()) >= max_context_) {
+        } else if (r.generated() >= r.max_tokens ||
+                   static_cast<int64_t>(r.tokens.size()) >= max_context_) {
           out.finish = Finish::kLength;
         }
         const bool finished = out.finish != Finish::kNone;

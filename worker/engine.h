@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,8 +42,12 @@ struct SubmitSpec {
 
 class Engine {
  public:
+  // With `comm` (not owned; size > 1) the engine is one rank of an expert-parallel group: every
+  // step starts with a small all-reduce on which all ranks agree whether to step (and whether to
+  // stop), and ranks with nothing to do step with an empty batch (architecture.md §2).
   Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend,
-         EngineOptions options);
+         EngineOptions options, comm::Communicator* comm = nullptr,
+         std::optional<ExpertPlacement> placement = std::nullopt);
   ~Engine();  // stops the loop; unfinished requests end as aborted
 
   // Validates (ids in range, prompt within the context, sampling params, unique id) and queues the
@@ -56,6 +61,8 @@ class Engine {
 
  private:
   void Loop();
+  void GroupLoop();  // expert-parallel: the step agreement protocol
+  void FailAll(const std::string& why);
   void Step();
   void PublishLoad();  // engine thread: what Load() reports
   void Finish(Request* r, Finish how, std::string error = "");
@@ -72,6 +79,8 @@ class Engine {
   std::vector<std::string> live_ids_;               // guarded by mu_: submitted, not finished
   EngineLoad load_;                                 // guarded by mu_: published after each step
   bool stop_ = false;
+  std::string broken_;  // guarded by mu_: why the group failed (then every Submit is refused)
+  bool grouped_ = false;
   std::thread thread_;
 };
 

@@ -1,6 +1,8 @@
 // nextserve-run: the offline engine. Loads a checkpoint, feeds one prompt of token ids, prints the
 // greedy continuation on one line, and optionally writes the logits of every prompt position and
 // every generated step (rows = prompt length + max_tokens - 1) as a float32 .npy [rows, vocab].
+// Under `mpirun -np R` the routed experts are sharded over the R ranks: rank 0 runs the prompt and
+// prints; the other ranks join every step with no tokens of their own, serving their experts.
 #include <omp.h>
 
 #include <algorithm>
@@ -12,7 +14,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
+#include "comm/mpi_session.h"
 #include "kernels/backend.h"
+#include "model/config.h"
+#include "model/expert_placement.h"
 #include "model/npy.h"
 #include "model/qwen3_next.h"
 #include "model/weights.h"
@@ -47,7 +52,8 @@ int main(int argc, char** argv) {
   flags.Bool("ignore-eos", &ignore_eos, "keep generating past the model's end-of-sequence tokens");
   flags.Bool("stats", &stats, "print load and step timings to stderr");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
-  if (!flags.positional().empty()) return UsageError("unexpected argument '" + flags.positional()[0] + "'");
+  if (!flags.positional().empty())
+    return UsageError("unexpected argument '" + flags.positional()[0] + "'");
   if (dir.empty()) return UsageError("--model is required");
   if (prompt_ids.empty()) return UsageError("--prompt-ids is required");
   if (max_tokens < 1) return UsageError("--max-tokens must be at least 1");
@@ -61,15 +67,36 @@ int main(int argc, char** argv) {
   }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 
+  auto session = nextserve::comm::MpiSession::Start();
+  if (!session.ok()) {
+    std::fprintf(stderr, "error: %s\n", session.status().ToString().c_str());
+    return 1;
+  }
+  auto comm = (*session)->WorldCommunicator();
+  if (!comm.ok()) {
+    std::fprintf(stderr, "error: %s\n", comm.status().ToString().c_str());
+    return 1;
+  }
+  const int rank = (*comm)->rank();
+  auto config = nextserve::LoadModelConfig(dir + "/config.json");
+  if (!config.ok()) {
+    std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
+    return 1;
+  }
+  const auto placement =
+      nextserve::ExpertPlacement::Contiguous(config->num_experts, (*comm)->size());
+  nextserve::LoadOptions load_options;
+  if ((*comm)->size() > 1) load_options.experts = placement.ExpertsOf(rank);
+
   const auto load_start = std::chrono::steady_clock::now();
-  auto weights = nextserve::ModelWeights::Load(dir);
+  auto weights = nextserve::ModelWeights::Load(dir, load_options);
   if (!weights.ok()) {
     std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());
     return 1;
   }
   const double load_s = Seconds(load_start);
   auto backend = nextserve::kernels::MakeCpuBackend();
-  nextserve::Qwen3NextModel model(std::move(*weights), backend.get());
+  nextserve::Qwen3NextModel model(std::move(*weights), backend.get(), {}, comm->get(), placement);
   const int64_t vocab = model.config().vocab_size;
   if (static_cast<int64_t>(prompt.size()) + max_tokens > model.config().max_position_embeddings) {
     return UsageError("prompt length + --max-tokens exceeds the model's context of " +
@@ -84,31 +111,40 @@ int main(int argc, char** argv) {
   std::vector<int32_t> feed = prompt;
   const auto gen_start = std::chrono::steady_clock::now();
   double prefill_s = 0;
-  for (int64_t step = 0; step < max_tokens; ++step) {
-    nextserve::SequenceInput input{seq.get(), feed, /*all_logits=*/keep_logits && step == 0};
-    auto logits = model.Forward({&input, 1});
-    if (!logits.ok()) {
-      std::fprintf(stderr, "error: %s\n", logits.status().ToString().c_str());
+  // Every rank takes every step; a step happens while rank 0 still has tokens to produce.
+  bool done = rank != 0;
+  for (int64_t step = 0;; ++step) {
+    int64_t work = done ? 0 : 1;
+    if (auto s = (*comm)->AllReduce(&work, 1, nextserve::comm::ReduceOp::kMax); !s.ok()) {
+      std::fprintf(stderr, "error: rank %d: %s\n", rank, s.ToString().c_str());
       return 1;
     }
+    if (work == 0) break;
+    std::vector<nextserve::SequenceInput> batch;
+    if (!done) batch.push_back({seq.get(), feed, /*all_logits=*/keep_logits && step == 0});
+    auto logits = model.Forward(batch);
+    if (!logits.ok()) {
+      std::fprintf(stderr, "error: rank %d: %s\n", rank, logits.status().ToString().c_str());
+      return 1;
+    }
+    if (done) continue;
     if (step == 0) prefill_s = Seconds(gen_start);
     if (keep_logits) all_logits.insert(all_logits.end(), logits->begin(), logits->end());
     const float* last = logits->data() + logits->size() - vocab;
     const int32_t next = static_cast<int32_t>(std::max_element(last, last + vocab) - last);
     generated.push_back(next);
-    if (!ignore_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) {
-      break;
-    }
+    const bool eos_hit = !ignore_eos && std::find(eos.begin(), eos.end(), next) != eos.end();
+    if (eos_hit || static_cast<int64_t>(generated.size()) >= max_tokens) done = true;
     feed.assign(1, next);
   }
+  if (rank != 0) return 0;
   const double total_s = Seconds(gen_start);
 
   for (size_t i = 0; i < generated.size(); ++i) std::printf(i ? ",%d" : "%d", generated[i]);
   std::printf("\n");
   if (keep_logits) {
     const int64_t rows = static_cast<int64_t>(all_logits.size()) / vocab;
-    if (auto s = nextserve::WriteNpyF32(logits_out, {rows, vocab}, all_logits.data());
-        !s.ok()) {
+    if (auto s = nextserve::WriteNpyF32(logits_out, {rows, vocab}, all_logits.data()); !s.ok()) {
       std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
       return 1;
     }

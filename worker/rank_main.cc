@@ -1,4 +1,5 @@
-// nextserve-rank: one worker rank serving nextserve.internal.v1.Rank (plus gRPC health) for a model.
+// nextserve-rank: one worker rank serving nextserve.internal.v1.Rank (plus gRPC health) for a
+// model.
 #include <omp.h>
 #include <signal.h>
 
@@ -8,10 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/flags.h"
+#include "comm/mpi_session.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
+#include "model/expert_placement.h"
 #include "model/weights.h"
 #include "worker/engine.h"
 #include "worker/rank_service.h"
@@ -27,7 +30,8 @@ int main(int argc, char** argv) {
   flags.Int("threads", &threads, "CPU threads for the model (default: all cores)");
   flags.Int("kv-blocks", &kv_blocks, "KV cache blocks (default 1024)");
   flags.Int("block-size", &block_size, "tokens per KV block (default 64)");
-  flags.Int("state-slots", &state_slots, "DeltaNet state slots = most sequences in flight (default 64)");
+  flags.Int("state-slots", &state_slots,
+            "DeltaNet state slots = most sequences in flight (default 64)");
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
   flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
   flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
@@ -36,10 +40,12 @@ int main(int argc, char** argv) {
   if (model_dir.empty()) {
     return nextserve::cli::Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
   }
-  if (kv_blocks < 1 || state_slots < 1 || block_size < 1 || max_batch_tokens < 1 || max_running < 1) {
+  if (kv_blocks < 1 || state_slots < 1 || block_size < 1 || max_batch_tokens < 1 ||
+      max_running < 1) {
     return nextserve::cli::Flags::Report(
-        absl::InvalidArgumentError("--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
-                                   "--max-running must be positive"),
+        absl::InvalidArgumentError(
+            "--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
+            "--max-running must be positive"),
         flags);
   }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
@@ -51,7 +57,27 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto weights = nextserve::ModelWeights::Load(model_dir);
+  auto session = nextserve::comm::MpiSession::Start();
+  if (!session.ok()) {
+    std::fprintf(stderr, "error: %s\n", session.status().ToString().c_str());
+    return 1;
+  }
+  auto comm = (*session)->WorldCommunicator();
+  if (!comm.ok()) {
+    std::fprintf(stderr, "error: %s\n", comm.status().ToString().c_str());
+    return 1;
+  }
+  const int group_size = (*comm)->size();
+  if (group_size > 1) rank_id = (*comm)->rank();
+  auto config = nextserve::LoadModelConfig(model_dir + "/config.json");
+  if (!config.ok()) {
+    std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
+    return 1;
+  }
+  const auto placement = nextserve::ExpertPlacement::Contiguous(config->num_experts, group_size);
+  nextserve::LoadOptions load_options;
+  if (group_size > 1) load_options.experts = placement.ExpertsOf(static_cast<int>(rank_id));
+  auto weights = nextserve::ModelWeights::Load(model_dir, load_options);
   if (!weights.ok()) {
     std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());
     return 1;
@@ -61,14 +87,16 @@ int main(int argc, char** argv) {
   options.cache = {block_size, kv_blocks, state_slots};
   options.scheduler = {max_batch_tokens, max_running};
   options.max_context = max_context;
-  nextserve::worker::Engine engine(std::move(*weights), backend.get(), options);
+  nextserve::worker::Engine engine(std::move(*weights), backend.get(), options, comm->get(),
+                                   placement);
   nextserve::worker::RankService service(&engine, static_cast<int32_t>(rank_id));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+                           &bound_port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {

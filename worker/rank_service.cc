@@ -34,10 +34,14 @@ sampling::SamplingParams FromProto(const pb::Sampling& s) {
 
 pb::Finish ToProto(Finish f) {
   switch (f) {
-    case Finish::kStopToken: return pb::FINISH_STOP_TOKEN;
-    case Finish::kLength: return pb::FINISH_LENGTH;
-    case Finish::kAborted: return pb::FINISH_ABORTED;
-    default: return pb::FINISH_NONE;
+    case Finish::kStopToken:
+      return pb::FINISH_STOP_TOKEN;
+    case Finish::kLength:
+      return pb::FINISH_LENGTH;
+    case Finish::kAborted:
+      return pb::FINISH_ABORTED;
+    default:
+      return pb::FINISH_NONE;
   }
 }
 
@@ -64,12 +68,14 @@ grpc::Status RankService::Submit(grpc::ServerContext* context, const pb::SubmitR
     if (!(*channel)->Pop(&out, kPollInterval)) {
       if (context->IsCancelled()) {
         engine_->Abort(id);  // the engine frees the cache at its next step
-        return grpc::Status(grpc::StatusCode::CANCELLED, absl::StrCat("request '", id, "' cancelled"));
+        return grpc::Status(grpc::StatusCode::CANCELLED,
+                            absl::StrCat("request '", id, "' cancelled"));
       }
       continue;
     }
     if (out.finish == Finish::kError) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("request '", id, "': ", out.error));
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          absl::StrCat("request '", id, "': ", out.error));
     }
     pb::SubmitResponse response;
     if (out.queue_time_s >= 0) response.set_queue_time_s(out.queue_time_s);
@@ -87,7 +93,8 @@ grpc::Status RankService::Submit(grpc::ServerContext* context, const pb::SubmitR
     response.set_finish(ToProto(out.finish));
     if (!writer->Write(response)) {
       engine_->Abort(id);
-      return grpc::Status(grpc::StatusCode::CANCELLED, absl::StrCat("request '", id, "': client went away"));
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          absl::StrCat("request '", id, "': client went away"));
     }
     if (out.finish != Finish::kNone) return grpc::Status::OK;
   }
@@ -99,7 +106,8 @@ grpc::Status RankService::Abort(grpc::ServerContext*, const pb::AbortRequest* re
   return grpc::Status::OK;
 }
 
-grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*, pb::LoadReport* response) {
+grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*,
+                                  pb::LoadReport* response) {
   const EngineLoad load = engine_->Load();
   response->set_running(static_cast<int32_t>(load.running));
   response->set_waiting(static_cast<int32_t>(load.waiting));

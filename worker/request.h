@@ -22,8 +22,8 @@ struct RankOutput {
   std::vector<int32_t> tokens;
   std::vector<sampling::SampleResult> samples;  // with logprobs when the request asked
   Finish finish = Finish::kNone;
-  std::string error;          // kError: what went wrong
-  double queue_time_s = -1;   // set once: arrival to first scheduled step
+  std::string error;         // kError: what went wrong
+  double queue_time_s = -1;  // set once: arrival to first scheduled step
 };
 
 // Engine thread -> stream thread. The stream side waits with a timeout so that it can notice a

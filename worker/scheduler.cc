@@ -51,8 +51,9 @@ std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
       bool room = true;
       while (r.state->BlocksNeeded(n) > pool.free_blocks()) {
         auto victim = std::prev(running_.end());
-        const bool scheduled = std::any_of(work.begin(), work.end(),
-                                           [&](const ScheduledWork& w) { return w.request == victim->get(); });
+        const bool scheduled = std::any_of(work.begin(), work.end(), [&](const ScheduledWork& w) {
+          return w.request == victim->get();
+        });
         if (victim == it || scheduled) {
           room = false;
           break;
@@ -76,7 +77,8 @@ std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
     }
   }
   // Admit waiting requests while there is budget, a slot and blocks for their first chunk.
-  while (!waiting_.empty() && budget > 0 && static_cast<int64_t>(running_.size()) < limits_.max_running) {
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < limits_.max_running) {
     Request& r = *waiting_.front();
     const int64_t n = std::min<int64_t>(static_cast<int64_t>(r.tokens.size()), budget);
     auto state = new_state_();

@@ -40,7 +40,8 @@ class Scheduler {
   // then waiting ones are admitted while the budget and memory allow. A running request that
   // cannot get a block preempts the newest running ones (their caches are dropped; they wait at the
   // front of the queue and recompute later). `unservable` receives requests that can never fit.
-  std::vector<ScheduledWork> Schedule(CachePool& pool, std::vector<std::unique_ptr<Request>>* unservable);
+  std::vector<ScheduledWork> Schedule(CachePool& pool,
+                                      std::vector<std::unique_ptr<Request>>* unservable);
   // After the step: advance the scheduled requests' `computed`.
   void Commit(const std::vector<ScheduledWork>& work);
 

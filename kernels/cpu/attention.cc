@@ -34,7 +34,8 @@ void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, cons
   std::vector<float> inv_freq(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
     // transformers: 1 / base ** (arange(0, dim, 2) / dim), all fp32.
-    inv_freq[i] = 1.0f / std::pow(s.rope_theta, static_cast<float>(2 * i) / static_cast<float>(s.rotary_dim));
+    inv_freq[i] =
+        1.0f / std::pow(s.rope_theta, static_cast<float>(2 * i) / static_cast<float>(s.rotary_dim));
   }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < t; ++i) {
@@ -100,7 +101,8 @@ void Attention(const float* q, const PagedKv& kv, int64_t t, int64_t past, const
         for (int64_t j0 = 0; j0 < keys; j0 += bs) {
           const int64_t n = std::min(bs, keys - j0);
           dnnl_sgemm('N', 'N', rows, d, n, 1.0f, scores.data() + j0, keys,
-                     kv.v_blocks[j0 / bs] + head_offset, kv_stride, j0 == 0 ? 0.0f : 1.0f, O, q_stride);
+                     kv.v_blocks[j0 / bs] + head_offset, kv_stride, j0 == 0 ? 0.0f : 1.0f, O,
+                     q_stride);
         }
         for (int64_t r = 0; r < rows; ++r) {
           const float* gh = gate + (i0 + r) * q_stride + h * d;

@@ -1,4 +1,5 @@
-// The CPU backend: host memory, OpenMP threads, oneDNN GEMMs. The reference for every other backend.
+// The CPU backend: host memory, OpenMP threads, oneDNN GEMMs. The reference for every other
+// backend.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -33,7 +34,9 @@ class CpuBackend final : public Backend {
   std::unique_ptr<Buffer> Allocate(size_t bytes) override {
     return std::make_unique<HostBuffer>(bytes);
   }
-  void CopyToHost(const void* src, void* dst, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void CopyToHost(const void* src, void* dst, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+  }
   void CopyFromHost(const void* src, void* dst, size_t bytes) override {
     std::memcpy(dst, src, bytes);
   }
@@ -139,6 +142,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> MakeCpuBackend() {
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace nextserve::kernels

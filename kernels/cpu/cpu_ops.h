@@ -27,12 +27,17 @@ void DeltaNetGates(const float* b, const float* a, int64_t t, int64_t nv, const 
 void DeltaRule(const float* conv_out, const float* g, const float* beta, int64_t t,
                const DeltaNetShape& s, float* state, float* out, bool chunked);
 
-// Naive reference forms kept for tests (llm.c habit: the obviously-correct version beside the fast).
+// Naive reference forms kept for tests (llm.c habit: the obviously-correct version beside the
+// fast).
 void DeltaRuleReference(const float* conv_out, const float* g, const float* beta, int64_t t,
                         const DeltaNetShape& s, float* state, float* out);
 void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 
-inline float Silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
-inline float Sigmoid(float x) { return 1.0f / (1.0f + __builtin_expf(-x)); }
+inline float Silu(float x) {
+  return x / (1.0f + __builtin_expf(-x));
+}
+inline float Sigmoid(float x) {
+  return 1.0f / (1.0f + __builtin_expf(-x));
+}
 
 }  // namespace nextserve::kernels::cpu

@@ -138,7 +138,8 @@ void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNet
       std::memcpy(mixed + g * dk, grp, dk * sizeof(float));
       std::memcpy(mixed + s.key_dim() + g * dk, grp + dk, dk * sizeof(float));
       std::memcpy(mixed + 2 * s.key_dim() + g * r * dv, grp + 2 * dk, r * dv * sizeof(float));
-      std::memcpy(z + i * s.value_dim() + g * r * dv, grp + 2 * dk + r * dv, r * dv * sizeof(float));
+      std::memcpy(z + i * s.value_dim() + g * r * dv, grp + 2 * dk + r * dv,
+                  r * dv * sizeof(float));
       for (int64_t j = 0; j < r; ++j) {
         b[i * nv + g * r + j] = ba[i * 2 * nv + g * 2 * r + j];
         a[i * nv + g * r + j] = ba[i * 2 * nv + g * 2 * r + r + j];
@@ -151,7 +152,9 @@ void CausalConvSilu(const float* x, int64_t t, int64_t channels, int64_t kernel,
                     float* conv_state, float* y) {
   const int64_t hist = kernel - 1;
   // Input row p of the window: p < hist comes from the state, the rest from x.
-  auto in = [&](int64_t p) { return p < hist ? conv_state + p * channels : x + (p - hist) * channels; };
+  auto in = [&](int64_t p) {
+    return p < hist ? conv_state + p * channels : x + (p - hist) * channels;
+  };
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < t; ++i) {
     float* out = y + i * channels;

@@ -14,18 +14,20 @@
 namespace nextserve::kernels::cpu {
 namespace {
 
-constexpr int64_t kFewRowsMax = 8;   // up to here the weight-streaming kernel wins (bench/)
-constexpr int64_t kTileRows = 128;   // weight rows widened at a time on the GEMM path
+constexpr int64_t kFewRowsMax = 8;  // up to here the weight-streaming kernel wins (bench/)
+constexpr int64_t kTileRows = 128;  // weight rows widened at a time on the GEMM path
 
 template <DType D>
 inline __m256 Load8(const void* base, int64_t i) {
   if constexpr (D == DType::kF32) {
     return _mm256_loadu_ps(static_cast<const float*>(base) + i);
   } else if constexpr (D == DType::kBF16) {
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   } else {
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
     return _mm256_cvtph_ps(h);
   }
 }
@@ -64,7 +66,8 @@ void FewRowsKernel(const float* x, const Matrix& w, float* y, bool accumulate) {
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k8; i += 8) {
       __m256 wv = Load8<D>(row, i);
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * k + i), acc[r]);
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * k + i), acc[r]);
     }
     for (int r = 0; r < R; ++r) {
       float s = HorizontalSum(acc[r]);
@@ -83,10 +86,18 @@ void FewRowsDispatch(const float* x, int64_t m, const Matrix& w, float* y, bool 
     const float* xr = x + r0 * k;
     float* yr = y + r0 * n;
     switch (rows) {
-      case 1: FewRowsKernel<D, 1>(xr, w, yr, accumulate); break;
-      case 2: FewRowsKernel<D, 2>(xr, w, yr, accumulate); break;
-      case 3: FewRowsKernel<D, 3>(xr, w, yr, accumulate); break;
-      default: FewRowsKernel<D, 4>(xr, w, yr, accumulate); break;
+      case 1:
+        FewRowsKernel<D, 1>(xr, w, yr, accumulate);
+        break;
+      case 2:
+        FewRowsKernel<D, 2>(xr, w, yr, accumulate);
+        break;
+      case 3:
+        FewRowsKernel<D, 3>(xr, w, yr, accumulate);
+        break;
+      default:
+        FewRowsKernel<D, 4>(xr, w, yr, accumulate);
+        break;
     }
   }
 }
@@ -95,10 +106,18 @@ void FewRowsDispatch(const float* x, int64_t m, const Matrix& w, float* y, bool 
 
 void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
   switch (w.dtype) {
-    case DType::kF32: FewRowsDispatch<DType::kF32>(x, m, w, y, accumulate); break;
-    case DType::kBF16: FewRowsDispatch<DType::kBF16>(x, m, w, y, accumulate); break;
-    case DType::kF16: FewRowsDispatch<DType::kF16>(x, m, w, y, accumulate); break;
-    default: LinearReference(x, m, w, y, accumulate); break;
+    case DType::kF32:
+      FewRowsDispatch<DType::kF32>(x, m, w, y, accumulate);
+      break;
+    case DType::kBF16:
+      FewRowsDispatch<DType::kBF16>(x, m, w, y, accumulate);
+      break;
+    case DType::kF16:
+      FewRowsDispatch<DType::kF16>(x, m, w, y, accumulate);
+      break;
+    default:
+      LinearReference(x, m, w, y, accumulate);
+      break;
   }
 }
 

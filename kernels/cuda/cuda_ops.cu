@@ -45,11 +45,17 @@ __global__ void SiluMulKernel(const float* gate, const float* up, int64_t n, flo
 template <typename T>
 __device__ float ToFloat(T v);
 template <>
-__device__ float ToFloat<float>(float v) { return v; }
+__device__ float ToFloat<float>(float v) {
+  return v;
+}
 template <>
-__device__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 template <>
-__device__ float ToFloat<__half>(__half v) { return __half2float(v); }
+__device__ float ToFloat<__half>(__half v) {
+  return __half2float(v);
+}
 
 // One warp per (row of x, output feature): streams the weight row in its stored dtype.
 template <typename T>
@@ -93,7 +99,9 @@ __global__ void DeltaRuleRecurrentKernel(const float* q, const float* k, const f
   }
 }
 
-bool Ok() { return cudaGetLastError() == cudaSuccess; }
+bool Ok() {
+  return cudaGetLastError() == cudaSuccess;
+}
 
 }  // namespace
 
@@ -124,14 +132,16 @@ bool Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulat
   const unsigned blocks = static_cast<unsigned>((warps * kWarp + 255) / 256);
   switch (w.dtype) {
     case DType::kF32:
-      LinearKernel<<<blocks, 256>>>(x, m, static_cast<const float*>(w.data), w.rows, w.cols, y, accumulate);
-      break;
-    case DType::kBF16:
-      LinearKernel<<<blocks, 256>>>(x, m, static_cast<const __nv_bfloat16*>(w.data), w.rows, w.cols, y,
+      LinearKernel<<<blocks, 256>>>(x, m, static_cast<const float*>(w.data), w.rows, w.cols, y,
                                     accumulate);
       break;
+    case DType::kBF16:
+      LinearKernel<<<blocks, 256>>>(x, m, static_cast<const __nv_bfloat16*>(w.data), w.rows, w.cols,
+                                    y, accumulate);
+      break;
     case DType::kF16:
-      LinearKernel<<<blocks, 256>>>(x, m, static_cast<const __half*>(w.data), w.rows, w.cols, y, accumulate);
+      LinearKernel<<<blocks, 256>>>(x, m, static_cast<const __half*>(w.data), w.rows, w.cols, y,
+                                    accumulate);
       break;
     default:
       return false;

@@ -60,25 +60,28 @@ std::unique_ptr<Client> Client::Create(const std::string& address) {
   return std::unique_ptr<Client>(new Client(MakeChannel(address)));
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address, absl::Duration connect_timeout) {
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
+                                                        absl::Duration connect_timeout) {
   std::unique_ptr<Client> client = Create(address);
   if (!client->channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to ", address, " within ", absl::FormatDuration(connect_timeout)));
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", address, " within ",
+                                               absl::FormatDuration(connect_timeout)));
   }
   return client;
 }
 
-std::unique_ptr<GenerateStream> Client::StartGenerate(const v1::GenerateRequest& request, const CallOptions& options) {
+std::unique_ptr<GenerateStream> Client::StartGenerate(const v1::GenerateRequest& request,
+                                                      const CallOptions& options) {
   std::unique_ptr<GenerateStream> stream(new GenerateStream);
   Apply(options, &stream->ctx_);
   stream->reader_ = stub_->Generate(&stream->ctx_, request);
   return stream;
 }
 
-absl::StatusOr<GenerateResult> Client::Generate(const v1::GenerateRequest& request,
-                                                const std::function<bool(const v1::GenerateResponse&)>& on_response,
-                                                const CallOptions& options) {
+absl::StatusOr<GenerateResult> Client::Generate(
+    const v1::GenerateRequest& request,
+    const std::function<bool(const v1::GenerateResponse&)>& on_response,
+    const CallOptions& options) {
   std::unique_ptr<GenerateStream> stream = StartGenerate(request, options);
   GenerateResult result;
   v1::GenerateResponse response;
@@ -106,7 +109,8 @@ absl::StatusOr<GenerateResult> Client::Generate(const v1::GenerateRequest& reque
   return result;
 }
 
-absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text, const CallOptions& options) {
+absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text,
+                                                      const CallOptions& options) {
   grpc::ClientContext ctx;
   Apply(options, &ctx);
   v1::TokenizeRequest request;
@@ -116,7 +120,8 @@ absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text, c
   return std::vector<int32_t>(response.ids().begin(), response.ids().end());
 }
 
-absl::StatusOr<std::vector<int32_t>> Client::TokenizeChat(const v1::Chat& chat, const CallOptions& options) {
+absl::StatusOr<std::vector<int32_t>> Client::TokenizeChat(const v1::Chat& chat,
+                                                          const CallOptions& options) {
   grpc::ClientContext ctx;
   Apply(options, &ctx);
   v1::TokenizeRequest request;
@@ -126,7 +131,8 @@ absl::StatusOr<std::vector<int32_t>> Client::TokenizeChat(const v1::Chat& chat, 
   return std::vector<int32_t>(response.ids().begin(), response.ids().end());
 }
 
-absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& ids, bool skip_special_tokens,
+absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& ids,
+                                               bool skip_special_tokens,
                                                const CallOptions& options) {
   grpc::ClientContext ctx;
   Apply(options, &ctx);
@@ -142,14 +148,15 @@ absl::StatusOr<v1::ModelInfo> Client::GetModelInfo(const CallOptions& options) {
   grpc::ClientContext ctx;
   Apply(options, &ctx);
   v1::ModelInfo info;
-  if (grpc::Status s = stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info); !s.ok()) return FromGrpc(s);
+  if (grpc::Status s = stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info); !s.ok())
+    return FromGrpc(s);
   return info;
 }
 
 namespace {
 
-absl::StatusOr<bool> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
-                                 const CallOptions& options) {
+absl::StatusOr<bool> CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
+                                 const std::string& service, const CallOptions& options) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext ctx;
   Apply(options, &ctx);
@@ -166,21 +173,24 @@ absl::StatusOr<bool> Client::IsServing(const std::string& service, const CallOpt
   return CheckHealth(channel_, service, options);
 }
 
-absl::Status WaitForServing(const std::string& address, absl::Duration timeout, const std::string& service) {
+absl::Status WaitForServing(const std::string& address, absl::Duration timeout,
+                            const std::string& service) {
   const absl::Time deadline = absl::Now() + timeout;
   std::shared_ptr<grpc::Channel> channel = MakeChannel(address, /*max_backoff_ms=*/100);
   absl::Status last = absl::UnavailableError("not checked yet");
   while (absl::Now() < deadline) {
     // Waiting on the channel's state makes this thread poll its connection attempts; a plain
     // call on a channel still connecting is only woken by gRPC's 5 s backup poller.
-    channel->WaitForConnected(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Milliseconds(200))));
-    absl::StatusOr<bool> serving = CheckHealth(channel, service, {.timeout = absl::Milliseconds(500)});
+    channel->WaitForConnected(
+        absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Milliseconds(200))));
+    absl::StatusOr<bool> serving =
+        CheckHealth(channel, service, {.timeout = absl::Milliseconds(500)});
     if (serving.ok() && *serving) return absl::OkStatus();
     last = serving.ok() ? absl::UnavailableError("NOT_SERVING") : serving.status();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat(address, " is not serving after ", absl::FormatDuration(timeout), ": ", last.message()));
+  return absl::DeadlineExceededError(absl::StrCat(
+      address, " is not serving after ", absl::FormatDuration(timeout), ": ", last.message()));
 }
 
 }  // namespace nextserve::sdk

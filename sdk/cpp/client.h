@@ -63,12 +63,13 @@ class GenerateStream {
 class Client {
  public:
   // `address` is host:port. Fails (Unavailable) if no connection is made within `connect_timeout`.
-  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& address,
-                                                         absl::Duration connect_timeout = absl::Seconds(5));
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const std::string& address, absl::Duration connect_timeout = absl::Seconds(5));
   // Without waiting for a connection (the first call connects).
   static std::unique_ptr<Client> Create(const std::string& address);
 
-  std::unique_ptr<GenerateStream> StartGenerate(const v1::GenerateRequest& request, const CallOptions& options = {});
+  std::unique_ptr<GenerateStream> StartGenerate(const v1::GenerateRequest& request,
+                                                const CallOptions& options = {});
   // Streams each response to `on_response` (return false to cancel: the result is then Cancelled);
   // returns the whole result once the Final arrives.
   absl::StatusOr<GenerateResult> Generate(
@@ -76,9 +77,12 @@ class Client {
       const std::function<bool(const v1::GenerateResponse&)>& on_response = nullptr,
       const CallOptions& options = {});
 
-  absl::StatusOr<std::vector<int32_t>> Tokenize(const std::string& text, const CallOptions& options = {});
-  absl::StatusOr<std::vector<int32_t>> TokenizeChat(const v1::Chat& chat, const CallOptions& options = {});
-  absl::StatusOr<std::string> Detokenize(const std::vector<int32_t>& ids, bool skip_special_tokens = false,
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const std::string& text,
+                                                const CallOptions& options = {});
+  absl::StatusOr<std::vector<int32_t>> TokenizeChat(const v1::Chat& chat,
+                                                    const CallOptions& options = {});
+  absl::StatusOr<std::string> Detokenize(const std::vector<int32_t>& ids,
+                                         bool skip_special_tokens = false,
                                          const CallOptions& options = {});
   absl::StatusOr<v1::ModelInfo> GetModelInfo(const CallOptions& options = {});
   // grpc.health.v1 for `service` ("" = the server as a whole): true when SERVING.
@@ -95,6 +99,7 @@ class Client {
 
 // Polls grpc.health.v1 at `address` until it reports SERVING, or fails with the last error once
 // `timeout` has passed. Works for routers and ranks alike.
-absl::Status WaitForServing(const std::string& address, absl::Duration timeout, const std::string& service = "");
+absl::Status WaitForServing(const std::string& address, absl::Duration timeout,
+                            const std::string& service = "");
 
 }  // namespace nextserve::sdk

@@ -93,7 +93,8 @@ TEST_P(GoldenTest, BatchedPromptLogits) {
   ASSERT_TRUE(logits.ok()) << logits.status();
   size_t row = 0;
   for (size_t i = 0; i < prompts_.size(); ++i) {
-    ExpectLogitsNear(*logits, row, Load(golden_["prompt_logits"][i]), "prompt_" + std::to_string(i));
+    ExpectLogitsNear(*logits, row, Load(golden_["prompt_logits"][i]),
+                     "prompt_" + std::to_string(i));
     row += prompts_[i].size();
   }
 }
@@ -153,7 +154,9 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, GoldenTest, ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return info.param; });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenTest);
 
-TEST(GoldenData, IsPresent) { EXPECT_GE(Cases().size(), 3u) << "no golden cases under " << DataDir(); }
+TEST(GoldenData, IsPresent) {
+  EXPECT_GE(Cases().size(), 3u) << "no golden cases under " << DataDir();
+}
 
 }  // namespace
 }  // namespace nextserve

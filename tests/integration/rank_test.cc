@@ -32,8 +32,14 @@ class RankProcess {
     if (pid_ == 0) {
       dup2(fds[1], STDOUT_FILENO);
       close(fds[0]);
-      std::vector<std::string> args = {std::string(std::getenv("NEXTSERVE_BIN_DIR")) + "/nextserve-rank",
-                                       "--model", model, "--port", "0", "--threads", "1"};
+      std::vector<std::string> args = {
+          std::string(std::getenv("NEXTSERVE_BIN_DIR")) + "/nextserve-rank",
+          "--model",
+          model,
+          "--port",
+          "0",
+          "--threads",
+          "1"};
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
@@ -81,7 +87,8 @@ class RankProcess {
 class RankTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(std::filesystem::temp_directory_path() / ("rank_test_" + std::to_string(getpid())));
+    dir_ = new std::string(std::filesystem::temp_directory_path() /
+                           ("rank_test_" + std::to_string(getpid())));
     auto c = PresetConfig("tiny");
     c->vocab_size = 500;
     c->hidden_size = 64;
@@ -186,8 +193,8 @@ TEST_F(RankTest, StreamsTokensReportsLoadAndFreesCancelledWork) {
     std::mutex mu;
     std::condition_variable cv;
     bool done = false;
-    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                      [&](grpc::Status s) {
+    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                      &response, [&](grpc::Status s) {
                         std::lock_guard lock(mu);
                         status = s;
                         done = true;

@@ -3,8 +3,6 @@
 // ports -- started as children of the test and stopped (SIGTERM, then SIGKILL) when it ends.
 #pragma once
 
-#include <sys/types.h>
-
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "nextserve/internal/v1/rank.pb.h"
+#include "sdk/cpp/local_cluster.h"
 
 namespace nextserve::testing {
 
@@ -34,39 +33,28 @@ struct ClusterOptions {
   absl::Duration start_timeout = absl::Seconds(60);
 };
 
+// The processes (sdk::LocalCluster, logs in a temp directory) plus what tests ask of ranks.
 class Cluster {
  public:
-  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const std::string& model_dir, ClusterOptions options);
-  ~Cluster();  // stops every process still running
+  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const std::string& model_dir,
+                                                        ClusterOptions options);
+  ~Cluster();
 
-  const std::string& router_address() const { return router_.address; }
-  const std::string& rank_address(int i) const { return ranks_[i].address; }
-  int num_ranks() const { return static_cast<int>(ranks_.size()); }
-  pid_t rank_pid(int i) const { return ranks_[i].pid; }
-  void SignalRank(int i, int signal);
-  // Kills (SIGKILL) and reaps rank i.
-  void KillRank(int i);
+  const std::string& router_address() const { return local_->router_address(); }
+  const std::string& rank_address(int i) const { return local_->rank_address(i); }
+  int num_ranks() const { return local_->num_ranks(); }
+  void SignalRank(int i, int signal) { local_->SignalRank(i, signal); }
+  void KillRank(int i) { local_->KillRank(i); }
   // The rank's load report, asked directly (not through the router).
   absl::StatusOr<internal::v1::LoadReport> RankLoad(int i);
   // Waits until rank i reports nothing running or waiting and every block and slot free.
   absl::Status WaitRankIdle(int i, absl::Duration timeout);
-  // The last lines of every process's log, for failure messages.
-  std::string Logs() const;
+  std::string Logs() const { return local_->Logs(); }
 
  private:
-  struct Process {
-    std::string name, address, log;
-    pid_t pid = -1;
-  };
   Cluster() = default;
-  absl::Status Spawn(Process& p, const std::vector<std::string>& argv);
-  static void Stop(Process& p);
-  std::string dir_;
-  std::vector<Process> ranks_;
-  Process router_;
+  std::string log_dir_;
+  std::unique_ptr<sdk::LocalCluster> local_;
 };
-
-// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
-int FreePort();
 
 }  // namespace nextserve::testing

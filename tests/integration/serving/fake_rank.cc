@@ -1,11 +1,11 @@
 // nextserve-fake-rank: a scripted nextserve.internal.v1.Rank for router tests that must not depend
 // on the model. Each request "generates" its prompt again, token by token, one token per step
-// (--step-ms), then keeps cycling through it; a stop token id ends it (after min_tokens), max_tokens
-// ends it with LENGTH. It keeps the rank's bookkeeping: state slots (a request waits for one), KV
-// blocks of 16 tokens, running/waiting counts, and frees all of it when a request ends, is
+// (--step-ms), then keeps cycling through it; a stop token id ends it (after min_tokens),
+// max_tokens ends it with LENGTH. It keeps the rank's bookkeeping: state slots (a request waits for
+// one), KV blocks of 16 tokens, running/waiting counts, and frees all of it when a request ends, is
 // cancelled or aborted.
-#include <csignal>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -34,9 +34,11 @@ class FakeRank final : public iv1::Rank::Service {
     if (req->prompt_ids().empty() || req->max_tokens() < 1) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty prompt or max_tokens < 1");
     }
-    const int64_t need = (req->prompt_ids_size() + req->max_tokens() + kBlockTokens - 1) / kBlockTokens;
+    const int64_t need =
+        (req->prompt_ids_size() + req->max_tokens() + kBlockTokens - 1) / kBlockTokens;
     std::unique_lock lock(mu_);
-    if (need > blocks_) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "request larger than the KV cache");
+    if (need > blocks_)
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "request larger than the KV cache");
     ++waiting_;
     aborted_[req->request_id()] = false;
     // Admission: a free slot and enough blocks for the whole request.
@@ -83,8 +85,10 @@ class FakeRank final : public iv1::Rank::Service {
       if (i + 1 >= s.min_tokens()) {
         for (int32_t id : s.stop_token_ids()) stop |= id == token;
       }
-      if (stop) msg.set_finish(iv1::FINISH_STOP_TOKEN);
-      else if (i + 1 == req->max_tokens()) msg.set_finish(iv1::FINISH_LENGTH);
+      if (stop)
+        msg.set_finish(iv1::FINISH_STOP_TOKEN);
+      else if (i + 1 == req->max_tokens())
+        msg.set_finish(iv1::FINISH_LENGTH);
       if (!writer->Write(msg)) {
         status = grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
         break;
@@ -100,7 +104,8 @@ class FakeRank final : public iv1::Rank::Service {
     return status;
   }
 
-  grpc::Status Abort(grpc::ServerContext*, const iv1::AbortRequest* req, iv1::AbortResponse* resp) override {
+  grpc::Status Abort(grpc::ServerContext*, const iv1::AbortRequest* req,
+                     iv1::AbortResponse* resp) override {
     std::lock_guard g(mu_);
     auto it = aborted_.find(req->request_id());
     resp->set_found(it != aborted_.end());
@@ -134,8 +139,9 @@ class FakeRank final : public iv1::Rank::Service {
 
 int main(int argc, char** argv) {
   std::string host = "127.0.0.1", model;
-  int64_t port = 0, slots = 8, blocks = 1024, max_context = 4096, step_ms = 2;
-  nextserve::cli::Flags flags("nextserve-fake-rank --port P [--slots N] [--kv-blocks N] [--step-ms N]");
+  int64_t port = 0, slots = 8, blocks = 1024, max_context = 4096, step_ms = 2, rank_id = 0;
+  nextserve::cli::Flags flags(
+      "nextserve-fake-rank --port P [--slots N] [--kv-blocks N] [--step-ms N]");
   flags.String("host", &host, "address to listen on");
   flags.Int("port", &port, "port");
   flags.String("model", &model, "ignored (accepted for nextserve-rank compatibility)");
@@ -143,7 +149,9 @@ int main(int argc, char** argv) {
   flags.Int("kv-blocks", &blocks, "KV blocks of 16 tokens");
   flags.Int("max-context", &max_context, "reported max_context");
   flags.Int("step-ms", &step_ms, "milliseconds per generated token");
-  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
+  flags.Int("rank-id", &rank_id, "ignored (accepted for nextserve-rank compatibility)");
+  if (absl::Status s = flags.Parse(argc, argv); !s.ok())
+    return nextserve::cli::Flags::Report(s, flags);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -154,7 +162,8 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int selected = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), &selected);
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+                           &selected);
   builder.RegisterService(&service);
   auto server = builder.BuildAndStart();
   if (!server || selected == 0) return 1;

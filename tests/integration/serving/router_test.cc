@@ -98,7 +98,8 @@ TEST_F(RouterTest, StopStringEndsTheTextBeforeIt) {
   EXPECT_LT(c.final->usage().completion_tokens(), static_cast<int>(2 * n));
   EXPECT_EQ(c.tokens().size(), static_cast<size_t>(c.final->usage().completion_tokens()));
   // The rank's request was cancelled: both ranks are idle again.
-  for (int r = 0; r < cluster_->num_ranks(); ++r) EXPECT_TRUE(cluster_->WaitRankIdle(r, absl::Seconds(2)).ok());
+  for (int r = 0; r < cluster_->num_ranks(); ++r)
+    EXPECT_TRUE(cluster_->WaitRankIdle(r, absl::Seconds(2)).ok());
 }
 
 TEST_F(RouterTest, PartialStopMatchIsHeldBackThenReleased) {
@@ -280,7 +281,8 @@ void CheckRankLoss(bool kill) {
   }
   std::vector<Collected> results(kStreams);
   std::vector<std::thread> readers;
-  for (int i = 0; i < kStreams; ++i) readers.emplace_back([&, i] { results[i] = Collect(*streams[i]); });
+  for (int i = 0; i < kStreams; ++i)
+    readers.emplace_back([&, i] { results[i] = Collect(*streams[i]); });
   for (auto& t : readers) t.join();
   int unavailable = 0, finished = 0;
   for (const Collected& c : results) {
@@ -316,8 +318,12 @@ void CheckRankLoss(bool kill) {
   }
 }
 
-TEST(RouterRankLoss, KilledRankStreamsEndUnavailableOthersContinue) { CheckRankLoss(/*kill=*/true); }
-TEST(RouterRankLoss, StoppedRankStreamsEndUnavailableThenItRejoins) { CheckRankLoss(/*kill=*/false); }
+TEST(RouterRankLoss, KilledRankStreamsEndUnavailableOthersContinue) {
+  CheckRankLoss(/*kill=*/true);
+}
+TEST(RouterRankLoss, StoppedRankStreamsEndUnavailableThenItRejoins) {
+  CheckRankLoss(/*kill=*/false);
+}
 
 }  // namespace
 }  // namespace nextserve::testing

@@ -20,7 +20,8 @@ TEST(EngineLong, WholeChunkedAndTokenByTokenAgree) {
   config->vocab_size = 512;
   config->hidden_size = 128;
   config->eos_token_ids = {0};
-  const std::string dir = std::filesystem::temp_directory_path() / ("engine_long_" + std::to_string(getpid()));
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("engine_long_" + std::to_string(getpid()));
   RandomCheckpointOptions options;
   options.dtype = DType::kF32;
   ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, options).ok());

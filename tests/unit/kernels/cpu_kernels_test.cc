@@ -64,15 +64,17 @@ TEST_P(LinearTest, MatchesReference) {
   EXPECT_LT(MaxAbsDiff(few, gemm), 2e-5f);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    DTypesAndRows, LinearTest,
-    ::testing::Values(LinearCase{DType::kF32, 1}, LinearCase{DType::kF32, 4},
-                      LinearCase{DType::kF32, 9}, LinearCase{DType::kF32, 33},
-                      LinearCase{DType::kBF16, 1}, LinearCase{DType::kBF16, 3},
-                      LinearCase{DType::kBF16, 8}, LinearCase{DType::kBF16, 70},
-                      LinearCase{DType::kF16, 2}, LinearCase{DType::kF16, 17}));
+INSTANTIATE_TEST_SUITE_P(DTypesAndRows, LinearTest,
+                         ::testing::Values(LinearCase{DType::kF32, 1}, LinearCase{DType::kF32, 4},
+                                           LinearCase{DType::kF32, 9}, LinearCase{DType::kF32, 33},
+                                           LinearCase{DType::kBF16, 1}, LinearCase{DType::kBF16, 3},
+                                           LinearCase{DType::kBF16, 8},
+                                           LinearCase{DType::kBF16, 70}, LinearCase{DType::kF16, 2},
+                                           LinearCase{DType::kF16, 17}));
 
-DeltaNetShape SmallShape() { return DeltaNetShape{2, 4, 16, 8, 4}; }  // 2 value heads per key head
+DeltaNetShape SmallShape() {
+  return DeltaNetShape{2, 4, 16, 8, 4};
+}  // 2 value heads per key head
 
 struct DeltaInputs {
   std::vector<float> conv_out, g, beta, state;
@@ -103,7 +105,8 @@ TEST_P(DeltaRuleTest, ChunkedEqualsRecurrence) {
   DeltaInputs in = MakeDeltaInputs(s, t, 7);
   std::vector<float> state_c = in.state, state_r = in.state;
   std::vector<float> out_c(t * s.value_dim()), out_r(out_c.size());
-  cpu::DeltaRule(in.conv_out.data(), in.g.data(), in.beta.data(), t, s, state_c.data(), out_c.data(), true);
+  cpu::DeltaRule(in.conv_out.data(), in.g.data(), in.beta.data(), t, s, state_c.data(),
+                 out_c.data(), true);
   cpu::DeltaRuleReference(in.conv_out.data(), in.g.data(), in.beta.data(), t, s, state_r.data(),
                           out_r.data());
   EXPECT_LT(MaxAbsDiff(out_c, out_r), 1e-5f);
@@ -153,12 +156,14 @@ TEST(CausalConv, MatchesDefinitionAndCarriesWindow) {
   }
   // Window = last kernel-1 raw inputs.
   for (int64_t p = 0; p < kernel - 1; ++p) {
-    for (int64_t ch = 0; ch < c; ++ch) EXPECT_EQ(state[p * c + ch], x[(t - kernel + 1 + p) * c + ch]);
+    for (int64_t ch = 0; ch < c; ++ch)
+      EXPECT_EQ(state[p * c + ch], x[(t - kernel + 1 + p) * c + ch]);
   }
   // Two pieces through the window equal the whole.
   std::vector<float> state2((kernel - 1) * c, 0.0f), y2(t * c);
   cpu::CausalConvSilu(x.data(), 2, c, kernel, w.data(), state2.data(), y2.data());
-  cpu::CausalConvSilu(x.data() + 2 * c, t - 2, c, kernel, w.data(), state2.data(), y2.data() + 2 * c);
+  cpu::CausalConvSilu(x.data() + 2 * c, t - 2, c, kernel, w.data(), state2.data(),
+                      y2.data() + 2 * c);
   EXPECT_LT(MaxAbsDiff(y, y2), 1e-6f);
   EXPECT_EQ(state, state2);
 }
@@ -174,14 +179,15 @@ TEST(DeltaNetSplit, FollowsGroupedLayout) {
   cpu::DeltaNetSplit(qkvz.data(), ba.data(), 1, s, mixed.data(), z.data(), b.data(), a.data());
   for (int64_t h = 0; h < 2; ++h) {
     for (int64_t d = 0; d < 3; ++d) {
-      EXPECT_EQ(mixed[h * 3 + d], group * h + d);                         // row_q
-      EXPECT_EQ(mixed[s.key_dim() + h * 3 + d], group * h + 3 + d);       // row_k
+      EXPECT_EQ(mixed[h * 3 + d], group * h + d);                    // row_q
+      EXPECT_EQ(mixed[s.key_dim() + h * 3 + d], group * h + 3 + d);  // row_k
     }
   }
   for (int64_t vh = 0; vh < 4; ++vh) {
     for (int64_t d = 0; d < 2; ++d) {
-      EXPECT_EQ(mixed[2 * s.key_dim() + vh * 2 + d], group * (vh / 2) + 6 + 2 * (vh % 2) + d);  // row_v
-      EXPECT_EQ(z[vh * 2 + d], group * (vh / 2) + 10 + 2 * (vh % 2) + d);                      // row_z
+      EXPECT_EQ(mixed[2 * s.key_dim() + vh * 2 + d],
+                group * (vh / 2) + 6 + 2 * (vh % 2) + d);                  // row_v
+      EXPECT_EQ(z[vh * 2 + d], group * (vh / 2) + 10 + 2 * (vh % 2) + d);  // row_z
     }
     EXPECT_EQ(b[vh], 100 + 4 * (vh / 2) + vh % 2);      // row_b
     EXPECT_EQ(a[vh], 100 + 4 * (vh / 2) + 2 + vh % 2);  // row_a
@@ -237,8 +243,8 @@ TEST(AttentionPrep, NormThenPartialRope) {
   std::vector<float> qg = Random(16, 9), k = Random(8, 10), q(8), gate(8);
   const std::vector<float> w(8, 0.0f);
   const auto k_in = k;
-  cpu::AttentionPrep(qg.data(), k.data(), 1, /*first_pos=*/3, s, w.data(), w.data(), 1e-6f, q.data(),
-                     gate.data());
+  cpu::AttentionPrep(qg.data(), k.data(), 1, /*first_pos=*/3, s, w.data(), w.data(), 1e-6f,
+                     q.data(), gate.data());
   for (int e = 0; e < 8; ++e) EXPECT_EQ(gate[e], qg[8 + e]);
   double ss = 0;
   for (int e = 0; e < 8; ++e) ss += k_in[e] * k_in[e];

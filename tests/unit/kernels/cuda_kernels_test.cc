@@ -93,7 +93,8 @@ TEST_F(CudaKernelsTest, DeltaRuleRecurrentMatchesCpu) {
         for (int e = 0; e < 64; ++e) dst[e] = src[e] * inv;
       }
     }
-    std::copy_n(conv.data() + i * s.conv_dim() + 2 * s.key_dim(), s.value_dim(), v.data() + i * s.value_dim());
+    std::copy_n(conv.data() + i * s.conv_dim() + 2 * s.key_dim(), s.value_dim(),
+                v.data() + i * s.value_dim());
   }
   float* dstate = Upload(state);
   float* dout = Upload(want);

@@ -55,7 +55,8 @@ class EngineLoopTest : public ::testing::Test {
   static SubmitSpec Spec(const std::string& id, int64_t prompt_len, int64_t max_tokens, int seed) {
     SubmitSpec s;
     s.id = id;
-    for (int64_t i = 0; i < prompt_len; ++i) s.prompt.push_back(static_cast<int32_t>((seed * 37 + i * 11) % 400));
+    for (int64_t i = 0; i < prompt_len; ++i)
+      s.prompt.push_back(static_cast<int32_t>((seed * 37 + i * 11) % 400));
     s.max_tokens = max_tokens;
     s.sampling.temperature = seed % 2 ? 0.0f : 0.8f;  // greedy and seeded sampling
     s.sampling.top_p = 0.9f;
@@ -73,7 +74,8 @@ class EngineLoopTest : public ::testing::Test {
     }
   }
   static void WaitIdle(Engine& e) {
-    for (int i = 0; i < 500 && (e.Load().running > 0 || e.Load().waiting > 0); ++i) std::this_thread::sleep_for(5ms);
+    for (int i = 0; i < 500 && (e.Load().running > 0 || e.Load().waiting > 0); ++i)
+      std::this_thread::sleep_for(5ms);
   }
 
   static std::string* dir_;
@@ -84,8 +86,9 @@ std::string* EngineLoopTest::dir_ = nullptr;
 std::shared_ptr<const ModelWeights>* EngineLoopTest::weights_ = nullptr;
 
 TEST_F(EngineLoopTest, ConcurrentRequestsGiveTheirAloneTokens) {
-  const std::vector<SubmitSpec> specs = {Spec("a", 5, 20, 1), Spec("b", 90, 12, 2), Spec("c", 1, 25, 3),
-                                         Spec("d", 33, 16, 4), Spec("e", 70, 8, 5)};
+  const std::vector<SubmitSpec> specs = {Spec("a", 5, 20, 1), Spec("b", 90, 12, 2),
+                                         Spec("c", 1, 25, 3), Spec("d", 33, 16, 4),
+                                         Spec("e", 70, 8, 5)};
   std::vector<std::vector<int32_t>> alone;
   {
     auto engine = MakeEngine(256, 8);
@@ -101,7 +104,8 @@ TEST_F(EngineLoopTest, ConcurrentRequestsGiveTheirAloneTokens) {
   auto engine = MakeEngine(256, 8);
   std::vector<std::shared_ptr<OutputChannel>> channels;
   for (const auto& s : specs) channels.push_back(*engine->Submit(s));
-  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(Drain(*channels[i]).first, alone[i]) << specs[i].id;
+  for (size_t i = 0; i < specs.size(); ++i)
+    EXPECT_EQ(Drain(*channels[i]).first, alone[i]) << specs[i].id;
   WaitIdle(*engine);
   const EngineLoad load = engine->Load();
   EXPECT_EQ(load.free_blocks, load.total_blocks);
@@ -110,7 +114,8 @@ TEST_F(EngineLoopTest, ConcurrentRequestsGiveTheirAloneTokens) {
 
 // So few blocks that running requests must be preempted and recomputed: same tokens regardless.
 TEST_F(EngineLoopTest, PreemptionByRecomputeKeepsTokens) {
-  const std::vector<SubmitSpec> specs = {Spec("p", 40, 30, 7), Spec("q", 40, 30, 8), Spec("r", 40, 30, 9)};
+  const std::vector<SubmitSpec> specs = {Spec("p", 40, 30, 7), Spec("q", 40, 30, 8),
+                                         Spec("r", 40, 30, 9)};
   std::vector<std::vector<int32_t>> alone;
   {
     auto engine = MakeEngine(256, 8);
@@ -119,7 +124,8 @@ TEST_F(EngineLoopTest, PreemptionByRecomputeKeepsTokens) {
   auto engine = MakeEngine(/*blocks=*/10, 8, /*block_size=*/16);  // 160 tokens for 3 x 70
   std::vector<std::shared_ptr<OutputChannel>> channels;
   for (const auto& s : specs) channels.push_back(*engine->Submit(s));
-  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(Drain(*channels[i]).first, alone[i]) << specs[i].id;
+  for (size_t i = 0; i < specs.size(); ++i)
+    EXPECT_EQ(Drain(*channels[i]).first, alone[i]) << specs[i].id;
   WaitIdle(*engine);
   EXPECT_GT(engine->Load().preemptions, 0);
   EXPECT_EQ(engine->Load().free_blocks, 10);
