@@ -21,10 +21,12 @@ kernels::Matrix M(const WeightRef& w) {
 class ScopedTimer {
  public:
   explicit ScopedTimer(double* sink) : sink_(sink), start_(std::chrono::steady_clock::now()) {}
-  ~ScopedTimer() {
+  ~ScopedTimer() { Stop(); }
+  void Stop() {
     if (sink_) {
       *sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     }
+    sink_ = nullptr;
   }
 
  private:
@@ -326,6 +328,7 @@ absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h,
       }
     }
   }
+  ScopedTimer exchange_timer(step.timer(&ForwardProfile::communication));
   if (auto s = comm_->ExchangeCounts(send_counts, recv_counts); !s.ok()) return s;
   int64_t recv_records = 0;
   for (int r = 0; r < ranks; ++r) {

@@ -30,6 +30,7 @@ struct SequenceInput {
 // Timings of the parts of one forward call, for benchmarks (seconds, summed over layers).
 struct ForwardProfile {
   double linear = 0, attention = 0, delta_net = 0, moe = 0, lm_head = 0;
+  double communication = 0;  // inside moe: counts exchange, dispatch and combine
 };
 
 class Qwen3NextModel {

@@ -98,10 +98,11 @@ EngineLoad Engine::Load() const {
   return load_;
 }
 
-void Engine::Finish(Request* r, worker::Finish how, std::string error) {
+void Engine::Finish(Request* r, worker::Finish how, std::string error, bool unavailable) {
   RankOutput out;
   out.finish = how;
   out.error = std::move(error);
+  out.unavailable = unavailable;
   r->out->Push(std::move(out));
   std::lock_guard lock(mu_);
   live_ids_.erase(std::remove(live_ids_.begin(), live_ids_.end(), r->id), live_ids_.end());
@@ -154,9 +155,9 @@ void Engine::FailAll(const std::string& why) {
     ids = live_ids_;
     queued.swap(incoming_);
   }
-  for (auto& r : queued) Finish(r.get(), Finish::kError, why);
+  for (auto& r : queued) Finish(r.get(), Finish::kError, why, /*unavailable=*/true);
   for (const std::string& id : ids) {
-    if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kError, why);
+    if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kError, why, /*unavailable=*/true);
   }
 }
 

@@ -65,7 +65,7 @@ class Engine {
   void FailAll(const std::string& why);
   void Step();
   void PublishLoad();  // engine thread: what Load() reports
-  void Finish(Request* r, Finish how, std::string error = "");
+  void Finish(Request* r, Finish how, std::string error = "", bool unavailable = false);
 
   Qwen3NextModel model_;
   EngineOptions options_;

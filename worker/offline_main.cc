@@ -40,7 +40,7 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string dir, prompt_ids, logits_out;
+  std::string dir, prompt_ids, logits_out, placement_file;
   int64_t max_tokens = 16, threads = 0;
   bool ignore_eos = false, stats = false;
   nextserve::cli::Flags flags(kUsage);
@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
   flags.String("logits-out", &logits_out, "optional .npy file for the logits [positions, vocab]");
   flags.Int("threads", &threads, "CPU threads (default: all cores)");
   flags.Bool("ignore-eos", &ignore_eos, "keep generating past the model's end-of-sequence tokens");
+  flags.String("expert-placement", &placement_file,
+               "under mpirun: file with the rank of each routed expert (default: contiguous)");
   flags.Bool("stats", &stats, "print load and step timings to stderr");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
   if (!flags.positional().empty())
@@ -83,10 +85,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
     return 1;
   }
-  const auto placement =
-      nextserve::ExpertPlacement::Contiguous(config->num_experts, (*comm)->size());
+  auto placement = placement_file.empty()
+                       ? nextserve::ExpertPlacement::Contiguous(config->num_experts, (*comm)->size())
+                       : nextserve::ExpertPlacement::FromFile(placement_file, config->num_experts,
+                                                              (*comm)->size());
+  if (!placement.ok()) {
+    std::fprintf(stderr, "error: %s\n", placement.status().ToString().c_str());
+    return 1;
+  }
   nextserve::LoadOptions load_options;
-  if ((*comm)->size() > 1) load_options.experts = placement.ExpertsOf(rank);
+  if ((*comm)->size() > 1) load_options.experts = placement->ExpertsOf(rank);
 
   const auto load_start = std::chrono::steady_clock::now();
   auto weights = nextserve::ModelWeights::Load(dir, load_options);
@@ -96,7 +104,7 @@ int main(int argc, char** argv) {
   }
   const double load_s = Seconds(load_start);
   auto backend = nextserve::kernels::MakeCpuBackend();
-  nextserve::Qwen3NextModel model(std::move(*weights), backend.get(), {}, comm->get(), placement);
+  nextserve::Qwen3NextModel model(std::move(*weights), backend.get(), {}, comm->get(), *placement);
   const int64_t vocab = model.config().vocab_size;
   if (static_cast<int64_t>(prompt.size()) + max_tokens > model.config().max_position_embeddings) {
     return UsageError("prompt length + --max-tokens exceeds the model's context of " +

@@ -20,7 +20,7 @@
 #include "worker/rank_service.h"
 
 int main(int argc, char** argv) {
-  std::string model_dir, host = "127.0.0.1";
+  std::string model_dir, host = "127.0.0.1", placement_file;
   int64_t port = 0, threads = 0, kv_blocks = 1024, state_slots = 64, block_size = 64,
           max_batch_tokens = 512, max_running = 64, rank_id = 0, max_context = 0;
   nextserve::cli::Flags flags("nextserve-rank --model DIR --port P [options]");
@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
   flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
   flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
+  flags.String("expert-placement", &placement_file,
+               "file with the rank of each routed expert, one per line (default: contiguous)");
   flags.Int("rank-id", &rank_id, "this rank's number, reported in its load (default 0)");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
   if (model_dir.empty()) {
@@ -74,9 +76,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
     return 1;
   }
-  const auto placement = nextserve::ExpertPlacement::Contiguous(config->num_experts, group_size);
+  auto placement = placement_file.empty()
+                       ? nextserve::ExpertPlacement::Contiguous(config->num_experts, group_size)
+                       : nextserve::ExpertPlacement::FromFile(placement_file, config->num_experts, group_size);
+  if (!placement.ok()) {
+    std::fprintf(stderr, "error: %s\n", placement.status().ToString().c_str());
+    return 1;
+  }
   nextserve::LoadOptions load_options;
-  if (group_size > 1) load_options.experts = placement.ExpertsOf(static_cast<int>(rank_id));
+  if (group_size > 1) load_options.experts = placement->ExpertsOf(static_cast<int>(rank_id));
   auto weights = nextserve::ModelWeights::Load(model_dir, load_options);
   if (!weights.ok()) {
     std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());

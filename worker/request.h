@@ -23,6 +23,7 @@ struct RankOutput {
   std::vector<sampling::SampleResult> samples;  // with logprobs when the request asked
   Finish finish = Finish::kNone;
   std::string error;         // kError: what went wrong
+  bool unavailable = false;  // kError because the rank or its group cannot serve (retry elsewhere)
   double queue_time_s = -1;  // set once: arrival to first scheduled step
 };
 
