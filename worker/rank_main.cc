@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   options.scheduler = {max_batch_tokens, max_running};
   options.max_context = max_context;
   nextserve::worker::Engine engine(std::move(*weights), backend.get(), options, comm->get(),
-                                   placement);
+                                   *placement);
   nextserve::worker::RankService service(&engine, static_cast<int32_t>(rank_id));
 
   grpc::EnableDefaultHealthCheckService(true);
