@@ -364,16 +364,27 @@ absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h,
   for (int64_t i = 0; i < recv_records; ++i) {
     std::copy_n(recv.data() + i * record_floats, hidden, xs_in.data() + i * hidden);
   }
-  std::vector<float> partial(recv_records * hidden, 0.0f), xs, ys;
+  // The experts run side by side, one thread each (few rows per expert: parallelising inside each
+  // small product costs more in synchronisation than it gains); their outputs are then added in
+  // ascending expert id so the sums do not depend on the thread count.
+  std::vector<int64_t> active;
   for (int64_t e = 0; e < experts; ++e) {
-    const auto& rows = rows_of[e];
-    if (rows.empty()) continue;
-    const int64_t m = static_cast<int64_t>(rows.size());
-    xs.resize(m * hidden);
-    ys.resize(m * hidden);
-    backend_->GatherRows(xs_in.data(), rows.data(), m, hidden, xs.data());
-    DenseMlp(w.experts[e], xs.data(), m, ys.data());
-    backend_->ScatterAddRows(ys.data(), rows.data(), weights_of[e].data(), m, hidden,
+    if (!rows_of[e].empty()) active.push_back(e);
+  }
+  std::vector<std::vector<float>> ys(active.size());
+#pragma omp parallel for schedule(dynamic, 1) if (active.size() > 1)
+  for (size_t a = 0; a < active.size(); ++a) {
+    const int64_t e = active[a];
+    const int64_t m = static_cast<int64_t>(rows_of[e].size());
+    std::vector<float> xs(m * hidden);
+    ys[a].resize(m * hidden);
+    backend_->GatherRows(xs_in.data(), rows_of[e].data(), m, hidden, xs.data());
+    DenseMlp(w.experts[e], xs.data(), m, ys[a].data());
+  }
+  std::vector<float> partial(recv_records * hidden, 0.0f);
+  for (size_t a = 0; a < active.size(); ++a) {
+    const int64_t e = active[a], m = static_cast<int64_t>(rows_of[e].size());
+    backend_->ScatterAddRows(ys[a].data(), rows_of[e].data(), weights_of[e].data(), m, hidden,
                              partial.data());
     expert_tokens_[layer * experts + e] += m;
   }

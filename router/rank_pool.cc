@@ -63,8 +63,14 @@ RankPool::~RankPool() {
 }
 
 void RankPool::SetHealthCallback(std::function<void(int)> callback) {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(health_mu_);
   on_health_ = std::move(callback);
+}
+
+void RankPool::NotifyHealth() {
+  // Serialised, and with the count as it is now: deliveries cannot arrive stale or out of order.
+  std::lock_guard lock(health_mu_);  // SetHealthCallback waits for a call in progress
+  if (on_health_) on_health_(healthy_count());
 }
 
 void RankPool::Start() {
@@ -106,8 +112,7 @@ void RankPool::Probe(int r) {
 }
 
 void RankPool::OnProbe(int r, const grpc::Status& status, const internal::v1::LoadReport& load) {
-  std::function<void(int)> notify;
-  int healthy = 0;
+  bool changed = false;
   {
     std::lock_guard lock(mu_);
     Rank& rank = *ranks_[r];
@@ -129,29 +134,22 @@ void RankPool::OnProbe(int r, const grpc::Status& status, const internal::v1::Lo
           r, absl::StrCat("load probe failed: ", grpc::StatusCode(status.error_code()), " ",
                           status.error_message()));
     }
-    if (healthy_ != before) {
-      notify = on_health_;
-      healthy = healthy_;
-    }
+    changed = healthy_ != before;
     cv_.notify_all();
   }
-  if (notify) notify(healthy);
+  if (changed) NotifyHealth();
 }
 
 void RankPool::ReportBroken(int r, const std::string& why) {
-  std::function<void(int)> notify;
-  int healthy = 0;
+  bool changed = false;
   {
     std::lock_guard lock(mu_);
     const int before = healthy_;
     MarkUnhealthyLocked(r, why);
-    if (healthy_ != before) {
-      notify = on_health_;
-      healthy = healthy_;
-    }
+    changed = healthy_ != before;
     cv_.notify_all();
   }
-  if (notify) notify(healthy);
+  if (changed) NotifyHealth();
 }
 
 void RankPool::MarkUnhealthyLocked(int r, const std::string& why) {

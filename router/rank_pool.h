@@ -60,7 +60,8 @@ class RankPool {
   RankPool(const RankPool&) = delete;
   RankPool& operator=(const RankPool&) = delete;
 
-  // Called (from the polling thread) whenever the number of healthy ranks changes.
+  // Called (from gRPC's callback threads) whenever the number of healthy ranks changes. Once
+  // SetHealthCallback(nullptr) returns, the old callback is not running and will not run again.
   void SetHealthCallback(std::function<void(int healthy)> callback);
   void Start();
 
@@ -101,6 +102,7 @@ class RankPool {
   void Probe(int rank);
   void OnProbe(int rank, const grpc::Status& status, const internal::v1::LoadReport& load);
   void MarkUnhealthyLocked(int rank, const std::string& why);
+  void NotifyHealth();
   void Release(int rank);
   int PickLocked(int avoid) const;  // -1: none has room
   int CapacityLocked(const Rank& r) const;
@@ -116,6 +118,7 @@ class RankPool {
   int healthy_ = 0;
   int probes_outstanding_ = 0;
   bool stopping_ = false;
+  std::mutex health_mu_;  // guards on_health_ and serialises its calls
   std::function<void(int)> on_health_;
   std::thread poller_;
 };

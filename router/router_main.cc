@@ -112,6 +112,7 @@ int Run(int argc, char** argv) {
   // gRPC waits out the whole deadline when a client still holds a connection, so keep it short.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(drain_ms));
   server->Wait();
+  pool.SetHealthCallback(nullptr);  // `health` goes with the server
   return 0;
 }
 

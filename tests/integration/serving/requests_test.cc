@@ -185,7 +185,8 @@ std::vector<BadCase> BadCases() {
          user(chat(r), "hi");
          auto* t = chat(r).add_tools();
          t->set_name("f");
-         t->set_parameters_json("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}");
+         t->set_parameters_json("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') +
+                                "}");
        },
        "prompt.chat.tools[0].parameters_json nests deeper than 64 levels"},
       // proto3 strings must be UTF-8: protobuf refuses to parse the request before our handler
