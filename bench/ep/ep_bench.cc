@@ -235,6 +235,15 @@ int Main(int argc, char** argv) {
         std::string(DTypeName(weights->stored_dtype)).c_str());
   }
 
+  if (root) {
+    std::ifstream la("/proc/loadavg");
+    std::string l1, l5;
+    la >> l1 >> l5;
+    std::printf("load average before the run: %s (1 min), %s (5 min) on %ld cores: other "
+                "processes share the CPUs when it exceeds the core count minus R\n",
+                l1.c_str(), l5.c_str(), sysconf(_SC_NPROCESSORS_ONLN));
+  }
+
   auto backend = kernels::MakeCpuBackend();
   auto model_comm_or = session->WorldCommunicator(120000ms);
   Check(model_comm_or.status(), "communicator");

@@ -145,7 +145,7 @@ TEST_F(RankTest, StreamsTokensReportsLoadAndFreesCancelledWork) {
   // A long request, cancelled by the client after its first token: blocks and slot come back.
   {
     grpc::ClientContext ctx;
-    auto reader = stub->Submit(&ctx, Request("long", 3000));
+    auto reader = stub->Submit(&ctx, Request("long", 1500));
     pb::SubmitResponse msg;
     bool got_token = false;
     while (!got_token && reader->Read(&msg)) got_token = !msg.token_ids().empty();

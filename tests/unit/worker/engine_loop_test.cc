@@ -133,7 +133,7 @@ TEST_F(EngineLoopTest, PreemptionByRecomputeKeepsTokens) {
 
 TEST_F(EngineLoopTest, AbortFreesTheCacheAtOnce) {
   auto engine = MakeEngine(64, 4);
-  auto ch = engine->Submit(Spec("long", 20, 3000, 1));
+  auto ch = engine->Submit(Spec("long", 20, 900, 1));
   ASSERT_TRUE(ch.ok());
   RankOutput out;
   do {
@@ -165,18 +165,20 @@ TEST_F(EngineLoopTest, RejectsBadSubmissions) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("top_p"), std::string::npos) << r.status();
   // Same id twice while running.
-  auto first = engine->Submit(Spec("dup", 3, 2000, 1));
+  auto first = engine->Submit(Spec("dup", 3, 900, 1));
   ASSERT_TRUE(first.ok());
   EXPECT_EQ(engine->Submit(Spec("dup", 3, 4, 1)).status().code(), absl::StatusCode::kAlreadyExists);
   engine->Abort("dup");
   Drain(**first);
 }
 
-TEST_F(EngineLoopTest, RequestLargerThanTheCacheFailsAlone) {
+TEST_F(EngineLoopTest, RequestLargerThanTheCacheIsRefused) {
   auto engine = MakeEngine(/*blocks=*/2, 4, /*block_size=*/16);  // 32 tokens in all
-  auto ch = engine->Submit(Spec("big", 100, 4, 1));
-  ASSERT_TRUE(ch.ok());
-  EXPECT_EQ(Drain(**ch).second, Finish::kError);
+  EXPECT_EQ(engine->max_context(), 32);
+  auto ch = engine->Submit(Spec("big", 30, 4, 1));
+  ASSERT_FALSE(ch.ok());
+  EXPECT_NE(ch.status().message().find("exceeds the context of 32 tokens"), std::string::npos)
+      << ch.status();
   // The rank still serves what fits.
   auto ok = engine->Submit(Spec("small", 10, 4, 1));
   ASSERT_TRUE(ok.ok());
