@@ -80,6 +80,7 @@ class TimingCommunicator : public comm::Communicator {
   std::chrono::milliseconds timeout() const override { return inner_->timeout(); }
   absl::Status health() const override { return inner_->health(); }
   absl::Status ExchangeCounts(std::span<const int64_t> send, std::span<int64_t> recv) override {
+    WaitForPeers();
     const auto t0 = Clock::now();
     auto s = inner_->ExchangeCounts(send, recv);
     seconds += Seconds(t0);
@@ -87,6 +88,7 @@ class TimingCommunicator : public comm::Communicator {
   }
   absl::Status AllToAllV(const void* send, std::span<const int64_t> send_counts, void* recv,
                          std::span<const int64_t> recv_counts) override {
+    WaitForPeers();
     const auto t0 = Clock::now();
     auto s = inner_->AllToAllV(send, send_counts, recv, recv_counts);
     seconds += Seconds(t0);
@@ -106,8 +108,20 @@ class TimingCommunicator : public comm::Communicator {
 
   double seconds = 0;
   int64_t bytes_sent = 0;  // all-to-all-v payload this rank sent (to itself included)
+  // --split-wait: a barrier before each exchange call, timed apart (wait_seconds), so that
+  // `seconds` is the exchange among ranks that all arrived, and wait_seconds the time spent
+  // waiting for the slowest rank (load imbalance, or a rank descheduled on a shared core).
+  bool split_wait = false;
+  double wait_seconds = 0;
 
  private:
+  void WaitForPeers() {
+    if (!split_wait) return;
+    const auto t0 = Clock::now();
+    Check(inner_->Barrier(), "barrier");
+    wait_seconds += Seconds(t0);
+  }
+
   comm::Communicator* inner_;
 };
 
@@ -165,7 +179,7 @@ std::vector<int32_t> Tokens(int64_t n, int64_t seed, int64_t vocab) {
 
 // One measured phase: wall time of this rank's Forward calls and the parts of it.
 struct Phase {
-  double wall = 0, comm = 0, prof_comm = 0;
+  double wall = 0, comm = 0, prof_comm = 0, wait = 0;
   int64_t tokens = 0;  // this rank's tokens
   double bytes = 0;    // all-to-all payload sent by this rank
 };
@@ -173,6 +187,7 @@ struct Phase {
 struct Options {
   int64_t prompt = 256, decode = 16, idle_seconds = 3, ttft_prompt = 16, ttft_reps = 6;
   std::string batches = "1,2,4";
+  bool split_wait = false;
   std::string baseline;  // "prefill_group_tps,decode_group_tps(b1),...,idle_cpu,ttft" of R = 1
 };
 
@@ -190,6 +205,8 @@ int Main(int argc, char** argv) {
   flags.Int("ttft-prompt", &o.ttft_prompt, "prompt of the idle-group latency request (16)");
   flags.Int("ttft-reps", &o.ttft_reps, "idle-group latency requests (default 6)");
   flags.String("baseline", &o.baseline, "the R = 1 run's baseline line, for ratios");
+  flags.Bool("split-wait", &o.split_wait,
+             "barrier before each exchange call, timed apart: wait for peers vs transfer");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return cli::Flags::Report(s, flags);
 
   auto session_or = comm::MpiSession::Start();
@@ -248,6 +265,7 @@ int Main(int argc, char** argv) {
   auto model_comm_or = session->WorldCommunicator(120000ms);
   Check(model_comm_or.status(), "communicator");
   TimingCommunicator timed(model_comm_or->get());
+  timed.split_wait = o.split_wait;
 
   // ---- 2. throughput: the model in lock-step on every rank ----
   std::vector<Phase> phases;  // prefill, decode b..., lone step
@@ -261,13 +279,14 @@ int Main(int argc, char** argv) {
     Qwen3NextModel model(weights, backend.get(), CacheLimits{64, 4096, 64}, &timed, placement);
     auto run = [&](std::span<const SequenceInput> batch, Phase* ph) {
       ForwardProfile prof;
-      const double comm0 = timed.seconds;
+      const double comm0 = timed.seconds, wait0 = timed.wait_seconds;
       const int64_t bytes0 = timed.bytes_sent;
       const auto t0 = Clock::now();
       auto logits = model.Forward(batch, &prof);
       ph->wall += Seconds(t0);
       Check(logits.status(), "forward");
       ph->comm += timed.seconds - comm0;
+      ph->wait += timed.wait_seconds - wait0;
       ph->bytes += static_cast<double>(timed.bytes_sent - bytes0);
       ph->prof_comm += prof.communication;
       for (const auto& in : batch) ph->tokens += static_cast<int64_t>(in.tokens.size());
@@ -348,7 +367,7 @@ int Main(int argc, char** argv) {
 
   // ---- 3. idle group: worker::Engine in group mode ----
   double idle_cpu_frac = 0;
-  std::vector<double> ttft;  // rank 0 gathers every rank's submissions below
+  std::vector<double> ttft, queued;  // this rank's submissions; gathered below
   {
     auto engine_comm_or = session->WorldCommunicator(60000ms);
     Check(engine_comm_or.status(), "communicator");
@@ -379,14 +398,17 @@ int Main(int argc, char** argv) {
         Check(ch.status(), "submit");
         worker::RankOutput out;
         bool got = false;
+        double queue_time = -1;
         while ((*ch)->Pop(&out, 30000ms)) {
+          if (out.queue_time_s >= 0 && queue_time < 0) queue_time = out.queue_time_s;
           if (!out.tokens.empty()) {
-            ttft.push_back(Seconds(s0));
+            if (!got) ttft.push_back(Seconds(s0));
             got = true;
           }
           if (out.finish != worker::Finish::kNone) break;
         }
         if (!got) Check(absl::InternalError("no token: " + out.error), "idle-group request");
+        queued.push_back(queue_time);
       }
       Check(bench.Barrier(), "barrier");
     }
@@ -403,10 +425,13 @@ int Main(int argc, char** argv) {
     mine.push_back(p.prof_comm);
     mine.push_back(static_cast<double>(p.tokens));
     mine.push_back(p.bytes);
+    mine.push_back(p.wait);
   }
   // TTFT: each rank's own submissions (reps / R of them), padded.
   const int64_t per_rank = (o.ttft_reps + R - 1) / R;
   for (int64_t i = 0; i < per_rank; ++i) mine.push_back(i < (int64_t)ttft.size() ? ttft[i] : -1);
+  for (int64_t i = 0; i < per_rank; ++i)
+    mine.push_back(i < (int64_t)queued.size() ? queued[i] : -1);
   const int64_t k = static_cast<int64_t>(mine.size());
   const std::vector<double> all = Gather(bench, mine);
   if (root) {
@@ -429,12 +454,15 @@ int Main(int argc, char** argv) {
     std::printf(
         "\n2. throughput (group step time = slowest rank; comm = time inside counts exchange + "
         "dispatch + combine, incl. waiting for slower ranks; prof = ForwardProfile.communication)\n");
-    std::printf("   %-28s %9s %11s %10s %8s %8s %8s %10s\n", "phase", "step ms", "group tok/s",
-                "rank tok/s", "comm%avg", "comm%max", "prof%avg", "a2a KB/tok");
+    std::printf("   %-28s %9s %11s %10s %8s %8s %8s %8s %10s\n", "phase", "step ms", "group tok/s",
+                "rank tok/s", "comm%avg", "comm%max", "prof%avg", o.split_wait ? "wait%avg" : "",
+                "a2a KB/tok");
     std::vector<double> group_tps;
+    double prefill_bytes_per_token = 0;
     for (size_t p = 0; p < phases.size(); ++p) {
-      const int64_t base = 8 + 5 * static_cast<int64_t>(p);
-      double wall = 0, comm_share = 0, comm_max = 0, prof_share = 0, tokens = 0, bytes = 0;
+      const int64_t base = 8 + 6 * static_cast<int64_t>(p);
+      double wall = 0, comm_share = 0, comm_max = 0, prof_share = 0, tokens = 0, bytes = 0,
+             wait_share = 0;
       int64_t steps = 1;
       if (phase_names[p].rfind("decode", 0) == 0) steps = o.decode;
       for (int r = 0; r < R; ++r) {
@@ -445,31 +473,59 @@ int Main(int argc, char** argv) {
         prof_share += (at(r, base) > 0 ? at(r, base + 2) / at(r, base) : 0) / R;
         tokens += at(r, base + 3);
         bytes += at(r, base + 4);
+        wait_share += (at(r, base) > 0 ? at(r, base + 5) / at(r, base) : 0) / R;
       }
       const double tps = tokens / wall;
       group_tps.push_back(tps);
-      std::printf("   %-28s %9.2f %11.1f %10.1f %7.1f%% %7.1f%% %7.1f%% %10.1f\n",
-                  phase_names[p].c_str(), 1e3 * wall / steps, tps, tps / R, 100 * comm_share,
-                  100 * comm_max, 100 * prof_share,
+      const bool lone = p + 1 == phases.size();  // one rank's tokens: no per-rank rate
+      char per_rank[32], wait[32];
+      std::snprintf(per_rank, sizeof per_rank, lone ? "-" : "%.1f", tps / R);
+      std::snprintf(wait, sizeof wait, o.split_wait ? "%.1f%%" : "", 100 * wait_share);
+      std::printf("   %-28s %9.2f %11.1f %10s %7.1f%% %7.1f%% %7.1f%% %8s %10.1f\n",
+                  phase_names[p].c_str(), 1e3 * wall / steps, tps, per_rank, 100 * comm_share,
+                  100 * comm_max, 100 * prof_share, wait,
                   tokens > 0 ? bytes / tokens / (c.num_hidden_layers) / 1024 : 0.0);
+      if (p == 0) prefill_bytes_per_token = tokens > 0 ? bytes / tokens / c.num_hidden_layers : 0;
     }
     std::printf("   (a2a KB/tok: dispatch + combine bytes sent per token per MoE layer, local copy "
                 "to itself included)\n");
+    if (o.split_wait) {
+      std::printf("   (--split-wait: a barrier before each exchange call; wait = time in those "
+                  "barriers, comm = the exchange after them)\n");
+    }
+    {
+      // Distinct destination ranks per token: measured (prefill bytes / bytes per record pair)
+      // and for uniform routing, E = sum over ranks of 1 - C(E - n_r, k) / C(E, k).
+      const double pair = 4.0 * (2 * c.hidden_size + 2 * c.num_experts_per_tok);
+      double expected = 0;
+      for (int r = 0; r < R; ++r) {
+        const int64_t own = static_cast<int64_t>(placement.ExpertsOf(r).size());
+        double none = 1;
+        for (int64_t i = 0; i < c.num_experts_per_tok; ++i)
+          none *= static_cast<double>(c.num_experts - own - i) / (c.num_experts - i);
+        expected += 1 - none;
+      }
+      std::printf("   destination ranks per token: %.2f measured (prefill), %.2f for uniform "
+                  "routing; %.0f bytes per (token, rank) in dispatch + combine\n",
+                  prefill_bytes_per_token / pair, expected, pair);
+    }
 
     double idle_avg = 0, idle_max = 0;
     for (int r = 0; r < R; ++r) {
       idle_avg += at(r, 7) / R;
       idle_max = std::max(idle_max, at(r, 7));
     }
-    std::vector<double> lat;
+    std::vector<double> lat, wait;
     for (int r = 0; r < R; ++r) {
       for (int64_t i = 0; i < per_rank; ++i) {
-        const double v = at(r, k - per_rank + i);
+        const double v = at(r, k - 2 * per_rank + i), q = at(r, k - per_rank + i);
         if (v >= 0) lat.push_back(v);
+        if (q >= 0) wait.push_back(q);
       }
     }
     std::sort(lat.begin(), lat.end());
-    const double lone = at(0, 8 + 5 * static_cast<int64_t>(phases.size() - 1));
+    std::sort(wait.begin(), wait.end());
+    const double lone = at(0, 8 + 6 * static_cast<int64_t>(phases.size() - 1));
     std::printf("\n3. idle group (worker::Engine%s)\n",
                 R > 1 ? ", group mode: 2 ms step-agreement poll" : ", R = 1: plain loop, no group");
     std::printf("   CPU over %ld s idle: %.1f%% of a core per rank (max %.1f%%), %.1f%% for the "
@@ -480,6 +536,9 @@ int Main(int argc, char** argv) {
                 o.ttft_prompt, lat.empty() ? 0 : 1e3 * lat[lat.size() / 2],
                 lat.empty() ? 0 : 1e3 * lat.front(), lat.empty() ? 0 : 1e3 * lat.back(),
                 lat.size(), 1e3 * lone);
+    std::printf("   Submit -> its first step starts (RankOutput.queue_time_s: wake-up + step "
+                "agreement): median %.2f ms, max %.2f ms\n",
+                wait.empty() ? 0 : 1e3 * wait[wait.size() / 2], wait.empty() ? 0 : 1e3 * wait.back());
 
     // Baseline line (R = 1) and ratios against it.
     std::string line;
