@@ -37,6 +37,10 @@ int Up(int argc, char** argv) {
       "model", &model,
       "model directory: config.json, weights, tokenizer.json (default: build/models/tiny)");
   flags.Int("ranks", &ranks, "rank processes to start (default 1)");
+  std::string mode = "expert-parallel";
+  flags.String("mode", &mode,
+               "expert-parallel (default: the ranks are one mpirun group, experts sharded over "
+               "them) or replicas (independent ranks, each with every expert)");
   flags.Int("port", &port, "router port (default 8000)");
   flags.String("host", &host,
                "router listen address (default 127.0.0.1; ranks listen on loopback)");
@@ -49,6 +53,11 @@ int Up(int argc, char** argv) {
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
   if (ranks < 1 || ranks > 64)
     return Flags::Report(absl::InvalidArgumentError("--ranks must be in [1, 64]"), flags);
+  if (mode != "expert-parallel" && mode != "replicas") {
+    return Flags::Report(absl::InvalidArgumentError(
+                             "--mode must be expert-parallel or replicas, not '" + mode + "'"),
+                         flags);
+  }
   if (port < 1 || port > 65535)
     return Flags::Report(absl::InvalidArgumentError("--port must be in [1, 65535]"), flags);
   for (const char* file : {"config.json", "tokenizer.json"}) {
@@ -74,6 +83,7 @@ int Up(int argc, char** argv) {
       .bin_dir = ExecutableDir(),
       .model_dir = model,
       .ranks = static_cast<int>(ranks),
+      .expert_parallel = mode == "expert-parallel",
       .rank_args = {"--threads", std::to_string(threads)},
       .router_args = {"--max-queue", std::to_string(max_queue)},
       .router_host = host,

@@ -76,9 +76,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
     return 1;
   }
-  auto placement = placement_file.empty()
-                       ? nextserve::ExpertPlacement::Contiguous(config->num_experts, group_size)
-                       : nextserve::ExpertPlacement::FromFile(placement_file, config->num_experts, group_size);
+  auto placement =
+      placement_file.empty()
+          ? nextserve::ExpertPlacement::Contiguous(config->num_experts, group_size)
+          : nextserve::ExpertPlacement::FromFile(placement_file, config->num_experts, group_size);
   if (!placement.ok()) {
     std::fprintf(stderr, "error: %s\n", placement.status().ToString().c_str());
     return 1;
@@ -103,8 +104,11 @@ int main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+  // In a group, rank r takes --port + r (gRPC would let them share one port with SO_REUSEPORT).
+  const int64_t listen_port = port == 0 ? 0 : port + (group_size > 1 ? rank_id : 0);
+  builder.AddListeningPort(absl::StrCat(host, ":", listen_port), grpc::InsecureServerCredentials(),
                            &bound_port);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {

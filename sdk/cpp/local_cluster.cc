@@ -29,6 +29,18 @@ std::string Describe(int status) {
 
 }  // namespace
 
+bool PortIsFree(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool free = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  close(fd);
+  return free;
+}
+
 int FreeLoopbackPort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -83,7 +95,7 @@ absl::Status LocalCluster::Spawn(Child& child, const std::vector<std::string>& a
 absl::Status LocalCluster::WaitServing(Child& child, absl::Time deadline) {
   for (;;) {
     int status = 0;
-    if (waitpid(child.pid, &status, WNOHANG) == child.pid) {
+    if (child.pid > 0 && waitpid(child.pid, &status, WNOHANG) == child.pid) {
       child.pid = -1;
       return absl::UnavailableError(
           absl::StrCat(child.name, " ", Describe(status), " while starting\n", Logs()));
@@ -101,7 +113,43 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOp
   std::unique_ptr<LocalCluster> c(new LocalCluster);
   c->options_ = options;
   std::vector<std::string> rank_addresses;
-  for (int i = 0; i < options.ranks; ++i) {
+  if (options.expert_parallel && options.ranks > 1) {
+    // One mpirun for the group; rank r listens on base + r.
+    int base = 0;
+    for (int attempt = 0; attempt < 50 && base == 0; ++attempt) {
+      const int candidate = FreeLoopbackPort();
+      bool all_free = candidate > 0 && candidate + options.ranks < 65536;
+      for (int r = 1; r < options.ranks && all_free; ++r) all_free = PortIsFree(candidate + r);
+      if (all_free) base = candidate;
+    }
+    if (base == 0) return absl::UnavailableError("no run of free loopback ports for the ranks");
+    for (int i = 0; i < options.ranks; ++i) {
+      Child& rank = c->ranks_.emplace_back();
+      rank.address = absl::StrCat("127.0.0.1:", base + i);
+      rank.name = absl::StrCat("rank", i, " (", rank.address, ")");
+      rank_addresses.push_back(rank.address);
+    }
+    std::vector<std::string> argv = {"/usr/bin/mpirun",
+                                     "--allow-run-as-root",
+                                     "--oversubscribe",
+                                     "--mca",
+                                     "btl_vader_single_copy_mechanism",
+                                     "none",
+                                     "-np",
+                                     std::to_string(options.ranks),
+                                     options.bin_dir + "/" + options.rank_binary,
+                                     "--model",
+                                     options.model_dir,
+                                     "--host",
+                                     "127.0.0.1",
+                                     "--port",
+                                     std::to_string(base)};
+    argv.insert(argv.end(), options.rank_args.begin(), options.rank_args.end());
+    c->ranks_[0].name = absl::StrCat("expert-parallel group (mpirun -np ", options.ranks,
+                                     ", ports ", base, "..", base + options.ranks - 1, ")");
+    if (absl::Status s = c->Spawn(c->ranks_[0], argv, options.rank_env); !s.ok()) return s;
+  }
+  for (int i = 0; i < options.ranks && !(options.expert_parallel && options.ranks > 1); ++i) {
     const int port = FreeLoopbackPort();
     Child& rank = c->ranks_.emplace_back();
     rank.address = absl::StrCat("127.0.0.1:", port);

@@ -21,6 +21,9 @@ struct LocalClusterOptions {
   std::string bin_dir;  // holds nextserve-router and the rank binary
   std::string model_dir;
   int ranks = 1;
+  // true: the ranks are one expert-parallel group started by `mpirun -np ranks` (experts sharded
+  // over them, listening on consecutive ports); false: independent ranks, each with every expert.
+  bool expert_parallel = false;
   std::string rank_binary = "nextserve-rank";
   std::vector<std::string> rank_args;    // extra flags for every rank
   std::vector<std::string> router_args;  // extra flags for the router
@@ -50,6 +53,7 @@ class LocalCluster {
   int num_ranks() const { return static_cast<int>(ranks_.size()); }
   const std::string& rank_address(int i) const { return ranks_[i].address; }
   pid_t rank_pid(int i) const { return ranks_[i].pid; }
+  // Expert-parallel: rank 0's process is mpirun, which signals (and on a death ends) the group.
   void SignalRank(int i, int signal);
   void KillRank(int i);  // SIGKILL and reap
 

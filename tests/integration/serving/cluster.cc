@@ -145,6 +145,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const std::string& model
       .bin_dir = BinDir(),
       .model_dir = model_dir,
       .ranks = options.ranks,
+      .expert_parallel = options.expert_parallel,
       .rank_binary = options.fake_ranks ? "nextserve-fake-rank" : "nextserve-rank",
       .rank_args = options.rank_args,
       .router_args = options.router_args,

@@ -28,6 +28,8 @@ struct ClusterOptions {
   int ranks = 2;
   // nextserve-fake-rank (scripted echo ranks, no model) instead of nextserve-rank.
   bool fake_ranks = false;
+  // The ranks as one expert-parallel group under mpirun (experts sharded over them).
+  bool expert_parallel = false;
   std::vector<std::string> rank_args;    // extra flags for every rank
   std::vector<std::string> router_args;  // extra flags for the router
   absl::Duration start_timeout = absl::Seconds(60);
@@ -45,6 +47,7 @@ class Cluster {
   int num_ranks() const { return local_->num_ranks(); }
   void SignalRank(int i, int signal) { local_->SignalRank(i, signal); }
   void KillRank(int i) { local_->KillRank(i); }
+  pid_t rank_pid(int i) const { return local_->rank_pid(i); }
   // The rank's load report, asked directly (not through the router).
   absl::StatusOr<internal::v1::LoadReport> RankLoad(int i);
   // Waits until rank i reports nothing running or waiting and every block and slot free.
