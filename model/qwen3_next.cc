@@ -342,6 +342,7 @@ absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h,
   std::vector<float> recv(recv_records * record_floats);
   if (auto s = comm_->AllToAllV(send.data(), send_counts, recv.data(), recv_counts); !s.ok())
     return s;
+  exchange_timer.Stop();
 
   // Local experts over the received records, in ascending expert id.
   std::vector<std::vector<int32_t>> rows_of(experts);
@@ -397,8 +398,10 @@ absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h,
         static_cast<int64_t>(tokens_to[r].size()) * hidden * static_cast<int64_t>(sizeof(float));
   }
   std::vector<float> combined(send_records * hidden);
+  ScopedTimer combine_timer(step.timer(&ForwardProfile::communication));
   if (auto s = comm_->AllToAllV(partial.data(), back_send, combined.data(), back_recv); !s.ok())
     return s;
+  combine_timer.Stop();
 
   // Shared expert, then the routed partial sums in rank order.
   DenseMlp(w.shared_expert, h, n, out);
