@@ -20,9 +20,9 @@ Engine::Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* ba
     : model_(std::move(weights), backend, options.cache, comm, std::move(placement)),
       options_(options),
       // The longest sequence is bounded by the model and by the whole KV cache of this rank.
-      max_context_(std::min(options.max_context > 0 ? options.max_context
-                                                    : model_.config().max_position_embeddings,
-                            options.cache.max_blocks * options.cache.block_size)),
+      max_context_(std::min(
+          options.max_context > 0 ? options.max_context : model_.config().max_position_embeddings,
+          options.cache.max_blocks * options.cache.block_size)),
       scheduler_(options.scheduler, [this] { return model_.NewSequence(); }) {
   load_.total_blocks = options.cache.max_blocks;
   load_.free_blocks = options.cache.max_blocks;

@@ -14,13 +14,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
-#include "comm/mpi_session.h"
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/expert_placement.h"
 #include "model/npy.h"
 #include "model/qwen3_next.h"
 #include "model/weights.h"
+#include "worker/group_model.h"
 
 namespace {
 
@@ -69,42 +69,17 @@ int main(int argc, char** argv) {
   }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 
-  auto session = nextserve::comm::MpiSession::Start();
-  if (!session.ok()) {
-    std::fprintf(stderr, "error: %s\n", session.status().ToString().c_str());
-    return 1;
-  }
-  auto comm = (*session)->WorldCommunicator();
-  if (!comm.ok()) {
-    std::fprintf(stderr, "error: %s\n", comm.status().ToString().c_str());
-    return 1;
-  }
-  const int rank = (*comm)->rank();
-  auto config = nextserve::LoadModelConfig(dir + "/config.json");
-  if (!config.ok()) {
-    std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
-    return 1;
-  }
-  auto placement = placement_file.empty()
-                       ? nextserve::ExpertPlacement::Contiguous(config->num_experts, (*comm)->size())
-                       : nextserve::ExpertPlacement::FromFile(placement_file, config->num_experts,
-                                                              (*comm)->size());
-  if (!placement.ok()) {
-    std::fprintf(stderr, "error: %s\n", placement.status().ToString().c_str());
-    return 1;
-  }
-  nextserve::LoadOptions load_options;
-  if ((*comm)->size() > 1) load_options.experts = placement->ExpertsOf(rank);
-
   const auto load_start = std::chrono::steady_clock::now();
-  auto weights = nextserve::ModelWeights::Load(dir, load_options);
-  if (!weights.ok()) {
-    std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());
+  auto group = nextserve::worker::LoadGroupModel(dir, placement_file);
+  if (!group.ok()) {
+    std::fprintf(stderr, "error: %s\n", group.status().ToString().c_str());
     return 1;
   }
+  const int rank = group->rank();
+  nextserve::comm::Communicator* comm = group->comm.get();
   const double load_s = Seconds(load_start);
   auto backend = nextserve::kernels::MakeCpuBackend();
-  nextserve::Qwen3NextModel model(std::move(*weights), backend.get(), {}, comm->get(), *placement);
+  nextserve::Qwen3NextModel model(group->weights, backend.get(), {}, comm, group->placement);
   const int64_t vocab = model.config().vocab_size;
   if (static_cast<int64_t>(prompt.size()) + max_tokens > model.config().max_position_embeddings) {
     return UsageError("prompt length + --max-tokens exceeds the model's context of " +
@@ -123,7 +98,7 @@ int main(int argc, char** argv) {
   bool done = rank != 0;
   for (int64_t step = 0;; ++step) {
     int64_t work = done ? 0 : 1;
-    if (auto s = (*comm)->AllReduce(&work, 1, nextserve::comm::ReduceOp::kMax); !s.ok()) {
+    if (auto s = comm->AllReduce(&work, 1, nextserve::comm::ReduceOp::kMax); !s.ok()) {
       std::fprintf(stderr, "error: rank %d: %s\n", rank, s.ToString().c_str());
       return 1;
     }

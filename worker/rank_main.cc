@@ -9,7 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/flags.h"
-#include "comm/mpi_session.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -17,6 +16,7 @@
 #include "model/expert_placement.h"
 #include "model/weights.h"
 #include "worker/engine.h"
+#include "worker/group_model.h"
 #include "worker/rank_service.h"
 
 int main(int argc, char** argv) {
@@ -59,45 +59,20 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto session = nextserve::comm::MpiSession::Start();
-  if (!session.ok()) {
-    std::fprintf(stderr, "error: %s\n", session.status().ToString().c_str());
+  auto group = nextserve::worker::LoadGroupModel(model_dir, placement_file);
+  if (!group.ok()) {
+    std::fprintf(stderr, "error: %s\n", group.status().ToString().c_str());
     return 1;
   }
-  auto comm = (*session)->WorldCommunicator();
-  if (!comm.ok()) {
-    std::fprintf(stderr, "error: %s\n", comm.status().ToString().c_str());
-    return 1;
-  }
-  const int group_size = (*comm)->size();
-  if (group_size > 1) rank_id = (*comm)->rank();
-  auto config = nextserve::LoadModelConfig(model_dir + "/config.json");
-  if (!config.ok()) {
-    std::fprintf(stderr, "error: %s\n", config.status().ToString().c_str());
-    return 1;
-  }
-  auto placement =
-      placement_file.empty()
-          ? nextserve::ExpertPlacement::Contiguous(config->num_experts, group_size)
-          : nextserve::ExpertPlacement::FromFile(placement_file, config->num_experts, group_size);
-  if (!placement.ok()) {
-    std::fprintf(stderr, "error: %s\n", placement.status().ToString().c_str());
-    return 1;
-  }
-  nextserve::LoadOptions load_options;
-  if (group_size > 1) load_options.experts = placement->ExpertsOf(static_cast<int>(rank_id));
-  auto weights = nextserve::ModelWeights::Load(model_dir, load_options);
-  if (!weights.ok()) {
-    std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());
-    return 1;
-  }
+  const int group_size = group->size();
+  if (group_size > 1) rank_id = group->rank();
   auto backend = nextserve::kernels::MakeCpuBackend();
   nextserve::worker::EngineOptions options;
   options.cache = {block_size, kv_blocks, state_slots};
   options.scheduler = {max_batch_tokens, max_running};
   options.max_context = max_context;
-  nextserve::worker::Engine engine(std::move(*weights), backend.get(), options, comm->get(),
-                                   *placement);
+  nextserve::worker::Engine engine(group->weights, backend.get(), options, group->comm.get(),
+                                   group->placement);
   nextserve::worker::RankService service(&engine, static_cast<int32_t>(rank_id));
 
   grpc::EnableDefaultHealthCheckService(true);
