@@ -89,7 +89,10 @@ int Up(int argc, char** argv) {
       .router_host = host,
       .router_port = static_cast<int>(port),
       .rank_env = {absl::StrCat("OMP_NUM_THREADS=", threads)},
+      .log_dir = "",
       .start_timeout = absl::Seconds(timeout_s),
+      .stop_grace = absl::Seconds(10),
+      .cancelled = nullptr,
   };
   if (kv_blocks > 0)
     options.rank_args.insert(options.rank_args.end(), {"--kv-blocks", std::to_string(kv_blocks)});

@@ -68,7 +68,10 @@ absl::StatusOr<std::shared_ptr<OutputChannel>> Engine::Submit(SubmitSpec spec) {
                                              .sampler = std::move(*sampler),
                                              .want_logprobs = spec.sampling.logprobs >= 0,
                                              .out = std::make_shared<OutputChannel>(),
-                                             .arrival = std::chrono::steady_clock::now()});
+                                             .arrival = std::chrono::steady_clock::now(),
+                                             .scheduled_once = false,
+                                             .state = nullptr,
+                                             .computed = 0});
   auto out = r->out;
   {
     std::lock_guard lock(mu_);

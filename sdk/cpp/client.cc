@@ -34,7 +34,7 @@ absl::Status FromGrpc(const grpc::Status& status) {
 GenerateStream::~GenerateStream() {
   if (reader_ != nullptr && !finished_) {
     ctx_.TryCancel();
-    Finish();
+    Finish().IgnoreError();  // cancelled on purpose: the status says so and nothing more
   }
 }
 
@@ -100,7 +100,7 @@ absl::StatusOr<GenerateResult> Client::Generate(
     }
     if (on_response && !on_response(response)) {
       stream->Cancel();
-      stream->Finish();
+      stream->Finish().IgnoreError();  // the caller's cancel is the outcome
       return absl::CancelledError("cancelled by the caller");
     }
   }
