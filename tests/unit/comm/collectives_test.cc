@@ -124,6 +124,24 @@ TEST(Collectives, AllToAllVNothingAtAll) {  // an idle step: every rank sends no
   ASSERT_TRUE(g_comm->AllToAllV(nullptr, zeros, nullptr, zeros).ok());
 }
 
+// Rank 0 sends only to itself while every other rank sends nothing, several times in a row, then
+// another collective: OpenMPI's Ialltoallv once took the idle ranks' (aliased) placeholder buffers
+// for "in place" and the next collective hung (the MoE decode step of one sequence does this).
+TEST(Collectives, AllToAllVSelfOnlyNextToIdleRanks) {
+  const int R = g_comm->size(), me = g_comm->rank();
+  for (int round = 0; round < 5; ++round) {
+    std::vector<int64_t> send(R, 0), recv(R, -1);
+    if (me == 0) send[0] = 64 + round;
+    ASSERT_TRUE(g_comm->ExchangeCounts(send, recv).ok());
+    std::vector<uint8_t> out(send[0] + 1, static_cast<uint8_t>(round)), in(recv[me] + 1, 0);
+    ASSERT_TRUE(g_comm->AllToAllV(out.data(), send, in.data(), recv).ok());
+    if (me == 0) EXPECT_EQ(in[0], round);
+    int64_t flag = 1;
+    ASSERT_TRUE(g_comm->AllReduce(&flag, 1, ReduceOp::kSum).ok());
+    EXPECT_EQ(flag, R);
+  }
+}
+
 TEST(Collectives, AllToAllVRows) {  // token rows of 8 KiB (hidden 2048 fp32), a few MB in all
   const int R = g_comm->size(), me = g_comm->rank();
   constexpr int64_t kRow = 2048 * sizeof(float);
