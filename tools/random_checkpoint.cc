@@ -77,6 +77,23 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
     c.moe_intermediate_size = 128;
     c.shared_expert_intermediate_size = 128;
     c.intermediate_size = 512;
+  } else if (name == "micro") {
+    // The tiny layer pattern at the smallest useful widths: what unit tests run.
+    c.vocab_size = 512;
+    c.hidden_size = 64;
+    c.num_hidden_layers = 4;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 32;
+    c.linear_num_key_heads = 2;
+    c.linear_num_value_heads = 4;
+    c.linear_key_head_dim = 16;
+    c.linear_value_head_dim = 16;
+    c.num_experts = 8;
+    c.num_experts_per_tok = 2;
+    c.moe_intermediate_size = 32;
+    c.shared_expert_intermediate_size = 32;
+    c.intermediate_size = 128;
   } else if (name == "small") {
     c.hidden_size = 1024;
     c.num_hidden_layers = 8;
@@ -95,7 +112,7 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
     c.vocab_size = 32768;
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("unknown model preset '", name, "' (known: tiny, small)"));
+        absl::StrCat("unknown model preset '", name, "' (known: micro, tiny, small)"));
   }
   if (c.vocab_size <= 151645)
     c.eos_token_ids.clear();  // <|im_end|> only exists in the real vocabulary

@@ -12,7 +12,7 @@
 
 namespace nextserve {
 
-// Named shapes: "tiny" (the default job: hidden 256, 4 layers, real vocabulary size), "small" (the
+// Named shapes: "micro" (unit tests: hidden 64, 8 experts top-2), "tiny" (the default job: hidden 256, 4 layers, real vocabulary size), "small" (the
 // real layer shapes scaled down for benchmarks: hidden 1024, 8 layers, 128 experts, top-8).
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 

@@ -19,17 +19,9 @@ namespace nextserve {
 namespace {
 
 ModelConfig TestConfig() {
-  auto c = PresetConfig("tiny");
+  auto c = PresetConfig("micro");
   EXPECT_TRUE(c.ok());
   c->vocab_size = 300;
-  c->hidden_size = 64;
-  c->head_dim = 32;
-  c->linear_key_head_dim = 16;
-  c->linear_value_head_dim = 16;
-  c->moe_intermediate_size = 32;
-  c->shared_expert_intermediate_size = 32;
-  c->num_experts = 8;
-  c->num_experts_per_tok = 2;
   c->eos_token_ids = {1};
   return *c;
 }

@@ -21,16 +21,8 @@ class EngineLoopTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new std::string(std::filesystem::temp_directory_path() /
                            ("engine_loop_test_" + std::to_string(getpid())));
-    auto c = PresetConfig("tiny");
+    auto c = PresetConfig("micro");
     c->vocab_size = 400;
-    c->hidden_size = 64;
-    c->head_dim = 32;
-    c->linear_key_head_dim = 16;
-    c->linear_value_head_dim = 16;
-    c->moe_intermediate_size = 32;
-    c->shared_expert_intermediate_size = 32;
-    c->num_experts = 8;
-    c->num_experts_per_tok = 2;
     c->max_position_embeddings = 4096;
     c->eos_token_ids = {};
     RandomCheckpointOptions options;
