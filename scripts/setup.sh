@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
   libopenmpi-dev openmpi-bin libpcre2-dev libicu-dev
+  opencl-headers ocl-icd-opencl-dev
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -25,7 +26,10 @@ fi
 # The CUDA toolkit lives under its prefix; CMake finds nvcc there (NEXTSERVE_CUDA=OFF to skip).
 BUILD_DIR=${NEXTSERVE_BUILD_DIR:-build}
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
-  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${NEXTSERVE_CMAKE_ARGS:-}
+  # ccache, when a developer has it, shares objects between worktrees (CCACHE_BASEDIR); not needed.
+  launcher=()
+  command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" ${NEXTSERVE_CMAKE_ARGS:-}
 fi
 cmake --build "$BUILD_DIR" -j "$(nproc)"
 
