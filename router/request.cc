@@ -67,9 +67,7 @@ absl::StatusOr<std::string> RenderChatText(const v1::Chat& chat, const RequestLi
         m.role() != "tool") {
       return Invalid(where, ".role '", m.role(), "' is not one of system, user, assistant, tool");
     }
-    if (m.role() == "system" && i != 0) {
-      return Invalid(where, ".role: a system message must come first");
-    }
+    // A system message after the first renders as its own turn, as the model's template does.
     if (!m.tool_calls().empty() && m.role() != "assistant") {
       return Invalid(where, ".tool_calls: only assistant messages carry tool calls");
     }
@@ -123,6 +121,20 @@ absl::StatusOr<std::vector<int32_t>> TokenizeText(const std::string& text, const
   absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->Encode(text);
   if (!ids.ok()) return Invalid(field, ": ", ids.status().message());
   return ids;
+}
+
+absl::StatusOr<std::string> DetokenizeIds(const google::protobuf::RepeatedField<int32_t>& ids,
+                                          bool skip_special_tokens, const ModelSpec& model) {
+  if (absl::Status s = CheckIds(ids, "ids", model.vocab_size); !s.ok()) return s;
+  const tokenizer::Tokenizer& tok = *model.tokenizer;
+  std::vector<int32_t> with_text;
+  with_text.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (tok.InRange(id)) with_text.push_back(id);
+  }
+  absl::StatusOr<std::string> text = tok.Decode(with_text, skip_special_tokens);
+  if (!text.ok()) return Invalid("ids: ", text.status().message());
+  return text;
 }
 
 absl::StatusOr<std::vector<int32_t>> TokenizeChat(const v1::Chat& chat, const ModelSpec& model,

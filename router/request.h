@@ -40,6 +40,13 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const v1::Chat& chat, const Mo
 absl::StatusOr<std::vector<int32_t>> TokenizeText(const std::string& text, const char* field,
                                                   const ModelSpec& model);
 
+// Ids back to text. One id rule everywhere (prompts, logit_bias, stop ids, sampling, here): an id
+// is valid when it is in [0, model vocab_size). Ids past the tokenizer's table (the embedding's
+// padding rows, e.g. Qwen's 151,669..151,935) have no text and decode to nothing, as in HF
+// tokenizers and in the streamed text.
+absl::StatusOr<std::string> DetokenizeIds(const google::protobuf::RepeatedField<int32_t>& ids,
+                                          bool skip_special_tokens, const ModelSpec& model);
+
 // `max_context` bounds prompt + max_tokens (the smaller of the model's and the ranks').
 absl::StatusOr<ResolvedRequest> ResolveGenerate(const v1::GenerateRequest& request,
                                                 const ModelSpec& model, int64_t max_context,

@@ -316,17 +316,8 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::Tokenize
 grpc::Status InferenceService::Detokenize(grpc::ServerContext*,
                                           const v1::DetokenizeRequest* request,
                                           v1::DetokenizeResponse* response) {
-  const tokenizer::Tokenizer& tok = *model_.tokenizer;
-  for (int i = 0; i < request->ids_size(); ++i) {
-    if (!tok.InRange(request->ids(i))) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("ids[", i, "] = ", request->ids(i),
-                                       " is not a token id in [0, ", tok.vocab_size(), ")"));
-    }
-  }
   absl::StatusOr<std::string> text =
-      tok.Decode(absl::MakeConstSpan(request->ids().data(), request->ids_size()),
-                 request->skip_special_tokens());
+      DetokenizeIds(request->ids(), request->skip_special_tokens(), model_);
   if (!text.ok()) return ToGrpc(text.status());
   response->set_text(*std::move(text));
   return grpc::Status::OK;

@@ -4,8 +4,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/integration/serving/cluster.h"
+#include "tokenizer/chat_template.h"
 
 namespace nextserve::router {
 namespace {
@@ -109,6 +111,67 @@ TEST_F(RequestTest, ChatIsRenderedWithSpecialTokens) {
   r = ResolveGenerate(text, spec, 100);
   ASSERT_TRUE(r.ok());
   EXPECT_GT(r->prompt_ids.size(), 1u);
+}
+
+TEST_F(RequestTest, ASystemMessageAfterTheFirstRendersAsTheTemplateDoes) {
+  ModelSpec spec = Load();
+  v1::Chat chat;
+  auto add = [&](const char* role, const char* content) {
+    auto* m = chat.add_messages();
+    m->set_role(role);
+    m->set_content(content);
+  };
+  add("user", "a");
+  add("system", "late system");
+  add("user", "b");
+  absl::StatusOr<std::vector<int32_t>> ids = TokenizeChat(chat, spec, {});
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  // The template's own rendering (tokenizer/chat_template, checked against transformers'
+  // apply_chat_template on the same conversation in the golden tokenizer data).
+  absl::StatusOr<std::string> text =
+      tokenizer::RenderChat({{.role = "user", .content = "a", .tool_calls = {}},
+                             {.role = "system", .content = "late system", .tool_calls = {}},
+                             {.role = "user", .content = "b", .tool_calls = {}}},
+                            {}, /*add_generation_prompt=*/true);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_NE(text->find("<|im_start|>system\nlate system<|im_end|>"), std::string::npos) << *text;
+  absl::StatusOr<std::vector<int32_t>> expected =
+      spec.tokenizer->Encode(*text, {.parse_special = true});
+  ASSERT_TRUE(expected.ok());
+  EXPECT_EQ(*ids, *expected);
+}
+
+// One id rule: [0, config vocab_size). The embedding's padding rows past the tokenizer's table are
+// valid ids with no text.
+TEST_F(RequestTest, DetokenizeAcceptsEveryModelIdAndDecodesPaddingIdsToNothing) {
+  std::ofstream(dir_ + "/config.json") << R"({"vocab_size": 600, "max_position_embeddings": 100,
+      "num_experts": 16, "num_experts_per_tok": 4, "eos_token_id": 511})";
+  ModelSpec spec = Load();
+  ASSERT_EQ(spec.tokenizer->vocab_size(), 512);
+  google::protobuf::RepeatedField<int32_t> plain;
+  for (int32_t id : {104, 105}) plain.Add(id);  // "h", "i" (byte-level ids)
+  absl::StatusOr<std::string> base = DetokenizeIds(plain, false, spec);
+  ASSERT_TRUE(base.ok()) << base.status();
+  EXPECT_EQ(*base, "hi");
+  google::protobuf::RepeatedField<int32_t> padded;
+  for (int32_t id : {104, 512, 599, 105}) padded.Add(id);
+  absl::StatusOr<std::string> text = DetokenizeIds(padded, false, spec);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, "hi");
+  // The same ids are accepted in a prompt.
+  EXPECT_TRUE(ResolveGenerate(Ids({104, 512, 599}), spec, 100).ok());
+  for (int32_t bad : {600, -1}) {
+    google::protobuf::RepeatedField<int32_t> out_of_range;
+    out_of_range.Add(104);
+    out_of_range.Add(bad);
+    absl::StatusOr<std::string> err = DetokenizeIds(out_of_range, false, spec);
+    EXPECT_EQ(err.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(err.status().message().find(
+                  absl::StrCat("ids[1] = ", bad, " is not a token id in [0, 600)")),
+              std::string::npos)
+        << err.status();
+    EXPECT_FALSE(ResolveGenerate(Ids({104, bad}), spec, 100).ok());
+  }
 }
 
 TEST_F(RequestTest, BadModelDirectoriesNameTheFile) {
