@@ -108,6 +108,18 @@ absl::Status WriteTestTokenizer(const std::string& dir) {
   return WriteFile((std::filesystem::path(dir) / "tokenizer.json").string(), tok.dump());
 }
 
+absl::Status WriteTestModel(const std::string& dir) {
+  absl::StatusOr<ModelConfig> config = PresetConfig("tiny");
+  if (!config.ok()) return config.status();
+  config->vocab_size = kTestVocab;
+  config->max_position_embeddings = kTestContext;
+  config->eos_token_ids = {kTestEos};
+  if (absl::Status s = WriteRandomCheckpoint(*config, dir, {.dtype = DType::kBF16, .seed = 7});
+      !s.ok())
+    return s;
+  return WriteTestTokenizer(dir);
+}
+
 absl::StatusOr<std::string> TestModelDir() {
   static std::mutex mu;
   static std::string dir;
@@ -116,15 +128,7 @@ absl::StatusOr<std::string> TestModelDir() {
   const std::string path =
       (std::filesystem::temp_directory_path() / absl::StrCat("nextserve_serving_model_", getpid()))
           .string();
-  absl::StatusOr<ModelConfig> config = PresetConfig("tiny");
-  if (!config.ok()) return config.status();
-  config->vocab_size = kTestVocab;
-  config->max_position_embeddings = kTestContext;
-  config->eos_token_ids = {kTestEos};
-  if (absl::Status s = WriteRandomCheckpoint(*config, path, {.dtype = DType::kBF16, .seed = 7});
-      !s.ok())
-    return s;
-  if (absl::Status s = WriteTestTokenizer(path); !s.ok()) return s;
+  if (absl::Status s = WriteTestModel(path); !s.ok()) return s;
   dir = path;
   std::atexit([] {
     std::error_code ec;

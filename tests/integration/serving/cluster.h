@@ -21,6 +21,8 @@ inline constexpr int kTestVocab = 512;
 inline constexpr int kTestContext = 2048;
 inline constexpr int kTestEos = 511;
 absl::StatusOr<std::string> TestModelDir();
+// Writes that model (config.json, model.safetensors, tokenizer.json) into `dir`.
+absl::Status WriteTestModel(const std::string& dir);
 // Writes only tokenizer.json (the tokenizer above) into `dir`.
 absl::Status WriteTestTokenizer(const std::string& dir);
 
