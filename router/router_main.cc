@@ -12,7 +12,9 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "router/http_server.h"
 #include "router/model_spec.h"
+#include "router/openai_frontend.h"
 #include "router/parse_errors.h"
 #include "router/rank_pool.h"
 #include "router/service.h"
@@ -24,7 +26,8 @@ using nextserve::cli::Flags;
 int Run(int argc, char** argv) {
   std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
   int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
-          probe_timeout_ms = 1000, drain_ms = 1000;
+          probe_timeout_ms = 1000, drain_ms = 1000, http_port = -1, http_threads = 2;
+  std::string http_host;
   Flags flags(
       "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] "
       "[--max-queue N]");
@@ -41,6 +44,11 @@ int Run(int argc, char** argv) {
   flags.Int("poll-ms", &poll_ms, "how often each rank's load is polled");
   flags.Int("probe-timeout-ms", &probe_timeout_ms,
             "a rank that does not answer a poll this fast is unhealthy");
+  flags.Int("http-port", &http_port,
+            "OpenAI-compatible HTTP port (/v1/chat/completions, /v1/completions, /v1/models, "
+            "/health); 0: any free port; -1 (default): off");
+  flags.String("http-host", &http_host, "address for the HTTP port (default: --host)");
+  flags.Int("http-threads", &http_threads, "I/O threads for the HTTP port (default 2)");
   flags.Int("drain-ms", &drain_ms, "on SIGTERM/SIGINT, how long requests in flight may finish");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
   if (model_dir.empty())
@@ -51,6 +59,10 @@ int Run(int argc, char** argv) {
     return Flags::Report(absl::InvalidArgumentError("--port must be in [0, 65535]"), flags);
   if (max_queue < 0)
     return Flags::Report(absl::InvalidArgumentError("--max-queue must be >= 0"), flags);
+  if (http_port < -1 || http_port > 65535)
+    return Flags::Report(absl::InvalidArgumentError("--http-port must be in [-1, 65535]"), flags);
+  if (http_threads < 1)
+    return Flags::Report(absl::InvalidArgumentError("--http-threads must be >= 1"), flags);
   if (poll_ms < 1 || probe_timeout_ms < 1) {
     return Flags::Report(
         absl::InvalidArgumentError("--poll-ms and --probe-timeout-ms must be >= 1"), flags);
@@ -105,13 +117,45 @@ int Run(int argc, char** argv) {
               ranks.size());
   std::fflush(stdout);
 
+  // The OpenAI-compatible HTTP endpoints, onto the same Inference service (in-process channel).
+  std::unique_ptr<nextserve::router::OpenAiFrontend> openai;
+  std::unique_ptr<nextserve::router::HttpServer> http;
+  if (http_port >= 0) {
+    openai = std::make_unique<nextserve::router::OpenAiFrontend>(
+        server->InProcessChannel(grpc::ChannelArguments()), *model->tokenizer, model->name);
+    absl::StatusOr<std::unique_ptr<nextserve::router::HttpServer>> started =
+        nextserve::router::HttpServer::Start(
+            {.host = http_host.empty() ? host : http_host,
+             .port = static_cast<int>(http_port),
+             .threads = static_cast<int>(http_threads)},
+            [frontend = openai.get()](nextserve::router::HttpRequest request,
+                                      std::shared_ptr<nextserve::router::HttpResponse> response) {
+              frontend->Handle(std::move(request), std::move(response));
+            });
+    if (!started.ok()) {
+      std::fprintf(stderr, "nextserve-router: %s\n",
+                   std::string(started.status().message()).c_str());
+      server->Shutdown();
+      pool.SetHealthCallback(nullptr);
+      return 1;
+    }
+    http = *std::move(started);
+    std::printf("nextserve-router HTTP (OpenAI-compatible) listening on %s:%d\n",
+                (http_host.empty() ? host : http_host).c_str(), http->port());
+    std::fflush(stdout);
+  }
+
   int sig = 0;
   sigwait(&signals, &sig);
   std::fprintf(stderr, "nextserve-router: signal %d, shutting down\n", sig);
   health->SetServingStatus(false);
+  if (http) http->StopAccepting();
   // gRPC waits out the whole deadline when a client still holds a connection, so keep it short.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(drain_ms));
   server->Wait();
+  if (openai) openai->Shutdown();  // its calls have ended with the server's
+  http.reset();
+  openai.reset();
   pool.SetHealthCallback(nullptr);  // `health` goes with the server
   return 0;
 }

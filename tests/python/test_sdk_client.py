@@ -211,7 +211,7 @@ def test_api_key_never_appears_in_repr(cluster, monkeypatch):
         assert c.connection.metadata() == (("authorization", "Bearer sk-secret-123"),)
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "sdk" / "python" / "examples"
 
 
 @pytest.mark.parametrize("example", ["stream.py", "chat.py", "async_concurrent.py"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("NEXTSERVE_BIN_DIR", REPO / "build" / "bin")).resolve()
 
 # The model of tests/integration/serving/cluster.h: vocab 512 (0..255 bytes, 256..508 merges of
@@ -97,6 +97,7 @@ def load_rank_proto(out_dir: Path):
 @dataclass
 class Cluster:
     router: str
+    http: str  # the router's OpenAI-compatible HTTP address
     ranks: list[str]
     model_dir: Path
     rank_pb2: object
@@ -132,13 +133,13 @@ class Cluster:
         return "\n".join(f"--- {p.args[0]}\n{p.logs()}" for p in self.processes)
 
 
-def start_router(model_dir: Path, ranks: list[str], log: Path, port: int = 0) -> Process:
-    router = Process(
+def start_router(model_dir: Path, ranks: list[str], log: Path, port: int = 0,
+                 http_port: int = -1) -> Process:
+    return Process(
         [str(BIN / "nextserve-router"), "--model", str(model_dir), "--ranks", ",".join(ranks),
-         "--port", str(port)],
+         "--port", str(port), "--http-port", str(http_port), "--model-name", "model"],
         log,
     )
-    return router
 
 
 @pytest.fixture(scope="session")
@@ -163,10 +164,11 @@ def cluster(tmp_path_factory) -> Cluster:
             processes.append(p)
         for p in processes:
             ranks.append(listen_address(p.wait_line("listening on")))
-        router = start_router(model, ranks, work / "router.log")
+        router = start_router(model, ranks, work / "router.log", http_port=0)
         processes.append(router)
         address = listen_address(router.wait_line("listening on"))
-        c = Cluster(router=address, ranks=ranks, model_dir=model, rank_pb2=rank_pb2, processes=processes)
+        http = listen_address(router.wait_line("HTTP (OpenAI-compatible) listening on"))
+        c = Cluster(router=address, http=http, ranks=ranks, model_dir=model, rank_pb2=rank_pb2, processes=processes)
         import nextserve
 
         with nextserve.Client(address) as client:
