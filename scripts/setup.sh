@@ -61,3 +61,10 @@ if [ ! -f "$tok_stamp" ] || [ -n "$(find tools/make_tokenizer_golden.py tools/ma
     python3 tools/make_tokenizer_golden.py --build-dir "$BUILD_DIR"
   } || echo "setup: WARNING: tokenizer reference data not made; tokenizer_qwen_golden_test will skip"
 fi
+
+# --- Helm chart check (tests/deploy/helm_chart_test.py): Helm v4 as a library, Kubernetes schemas ---
+# No helm binary or cluster: helm-python-sdk carries Helm's Go SDK as a shared library. Without them
+# the chart test skips (and says so), so a failure here only warns.
+python3 -c "import helm_python, kubernetes_validate" 2>/dev/null ||
+  python3 -m pip install --quiet "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" ||
+  echo "setup: WARNING: helm-python-sdk / kubernetes-validate not installed; helm_chart_test will skip"
