@@ -77,7 +77,7 @@ done
 mpirun_cmd=(mpirun --hostfile "$hostfile" -np "$ranks" --map-by slot --bind-to none)
 [ "$(id -u)" = 0 ] && mpirun_cmd+=(--allow-run-as-root)
 if [ -n "$iface" ]; then
-  mpirun_cmd+=(--mca btl self,vader,tcp --mca btl_tcp_if_include "$iface" --mca oob_tcp_if_include "$iface")
+  mpirun_cmd+=(--mca btl "self,vader,tcp" --mca btl_tcp_if_include "$iface" --mca oob_tcp_if_include "$iface")
 fi
 rank_flags=(--model "$model" --host 0.0.0.0 --port "$port")
 if ((threads > 0)); then

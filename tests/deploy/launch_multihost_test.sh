@@ -73,8 +73,9 @@ serve() {  # generate once the router serves (it waits for the group's weights)
 left() { pgrep -f -- "--port $1( |\$)" || true; }
 expect_gone() {
   local rest
-  rest=$(left "$RANK_PORT")$(left "$ROUTER_PORT")
-  [ -z "$rest" ] || { echo "FAIL: processes left: $rest"; ps -fp $rest; exit 1; }
+  # shellcheck disable=SC2046,SC2116
+  rest=$(echo $(left "$RANK_PORT") $(left "$ROUTER_PORT"))
+  [ -z "$rest" ] || { echo "FAIL: processes left: $rest"; ps -fp "${rest// /,}"; exit 1; }
 }
 
 echo "launch_multihost: ranks on localhost:$RANK_PORT..$((RANK_PORT + 1)), router on $ROUTER_PORT"
@@ -94,7 +95,9 @@ echo "launch_multihost: served 4 tokens through a group of 2 ranks; SIGTERM stop
 # A lost rank ends its group (mpirun), and the launch stops the router and fails.
 start
 serve
-victim=$(pgrep -f -- "nextserve-rank .*--port $RANK_PORT( |\$)" | head -1)
+# A rank itself (its command line starts with the binary), not mpirun, whose line names it too.
+victim=$(pgrep -f -- "^$BIN/nextserve-rank .*--port $RANK_PORT( |\$)" | head -1)
+[ -n "$victim" ] || { echo "FAIL: no rank process found"; exit 1; }
 kill -KILL "$victim"
 status=0
 for _ in $(seq 1 60); do kill -0 "$launch_pid" 2>/dev/null || break; sleep 1; done
