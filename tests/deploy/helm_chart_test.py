@@ -317,6 +317,8 @@ class ChartTest(unittest.TestCase):
                 ports = container_ports(t)
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                     self.assertIn(c[probe]["grpc"]["port"], ports.values(), probe)
+                # SIGTERM: a rank whose peer is on another pod waits out the 30 s communicator watchdog.
+                self.assertGreater(t["spec"]["terminationGracePeriodSeconds"], 30)
                 startup = c["startupProbe"]
                 self.assertGreaterEqual(startup["periodSeconds"] * startup["failureThreshold"],
                                         r.values["ranks"]["startupSeconds"], "time allowed to load weights")

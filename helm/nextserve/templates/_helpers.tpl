@@ -112,7 +112,7 @@ spec:
   {{- end }}
   securityContext:
     {{- toYaml $v.podSecurityContext | nindent 4 }}
-  terminationGracePeriodSeconds: 30
+  terminationGracePeriodSeconds: {{ $v.ranks.terminationGracePeriodSeconds }}
   containers:
     - name: rank
       image: {{ include "nextserve.image" $root }}
