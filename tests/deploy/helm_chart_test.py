@@ -278,6 +278,8 @@ class ChartTest(unittest.TestCase):
             self.assertEqual(len(r.pods), groups * pods)
             for _, _, t in r.pods:
                 env = {e["name"]: e.get("value") for e in container(t, "rank")["env"]}
+                # launch.sh puts a pod's ranks on NEXTSERVE_RANK_PORT + local index (launch_scripts_test).
+                self.assertEqual(int(env["NEXTSERVE_RANK_PORT"]), container_ports(t)["rank-0"])
                 self.assertEqual(int(env["NEXTSERVE_PODS_PER_GROUP"]), pods)
                 self.assertEqual(int(env["NEXTSERVE_RANKS_PER_POD"]), per_pod)
                 self.assertEqual(len([p for p in container_ports(t) if p.startswith("rank-")]), per_pod)
@@ -324,6 +326,8 @@ class ChartTest(unittest.TestCase):
                                         r.values["ranks"]["startupSeconds"], "time allowed to load weights")
             router = container(r.router_template(), "router")
             ports = container_ports(r.router_template())
+            self.assertEqual(int(router["args"][router["args"].index("--port") + 1]), ports["grpc"],
+                             "the router listens on its declared port")
             self.assertEqual(router["readinessProbe"]["grpc"]["port"], ports["grpc"])
             self.assertIn(router["livenessProbe"]["tcpSocket"]["port"], ports)
             self.assertIn(router["startupProbe"]["tcpSocket"]["port"], ports)
