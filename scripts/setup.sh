@@ -63,8 +63,16 @@ if [ ! -f "$tok_stamp" ] || [ -n "$(find tools/make_tokenizer_golden.py tools/ma
 fi
 
 # --- Helm chart check (tests/deploy/helm_chart_test.py): Helm v4 as a library, Kubernetes schemas ---
-# No helm binary or cluster: helm-python-sdk carries Helm's Go SDK as a shared library. Without them
-# the chart test skips (and says so), so a failure here only warns.
-python3 -c "import helm_python, kubernetes_validate" 2>/dev/null ||
-  python3 -m pip install --quiet "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" ||
-  echo "setup: WARNING: helm-python-sdk / kubernetes-validate not installed; helm_chart_test will skip"
+# No helm binary or cluster: helm-python-sdk carries Helm's Go SDK as a shared library. Pinned;
+# skipped when installed at these versions. Without them the chart test skips (and says so), so a
+# failure here only warns.
+DEPLOY_PY_PACKAGES=("helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0")
+if ! python3 - "${DEPLOY_PY_PACKAGES[@]}" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+  echo "setup: installing ${DEPLOY_PY_PACKAGES[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${DEPLOY_PY_PACKAGES[@]}" ||
+    echo "setup: WARNING: ${DEPLOY_PY_PACKAGES[*]} not installed; helm_chart_test will skip"
+fi
