@@ -62,3 +62,18 @@ if [ ! -f "$tok_stamp" ] || [ -n "$(find tools/make_tokenizer_golden.py tools/ma
     python3 tools/make_tokenizer_golden.py --build-dir "$BUILD_DIR"
   } || echo "setup: WARNING: tokenizer reference data not made; tokenizer_qwen_golden_test will skip"
 fi
+
+# --- Helm chart check (tests/deploy/helm_chart_test.py): Helm v4 as a library, Kubernetes schemas ---
+# No helm binary or cluster: helm-python-sdk carries Helm's Go SDK as a shared library. Pinned;
+# skipped when installed at these versions. Without them the chart test skips (and says so), so a
+# failure here only warns.
+DEPLOY_PY_PACKAGES=("helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0")
+if ! python3 - "${DEPLOY_PY_PACKAGES[@]}" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+  echo "setup: installing ${DEPLOY_PY_PACKAGES[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${DEPLOY_PY_PACKAGES[@]}" ||
+    echo "setup: WARNING: ${DEPLOY_PY_PACKAGES[*]} not installed; helm_chart_test will skip"
+fi
