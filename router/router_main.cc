@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "cli/flags.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -26,7 +27,8 @@ using nextserve::cli::Flags;
 int Run(int argc, char** argv) {
   std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
   int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
-          probe_timeout_ms = 1000, drain_ms = 1000, http_port = -1, http_threads = 2;
+          probe_timeout_ms = 1000, drain_grace_s = 30, max_moves = 3, http_port = -1,
+          http_threads = 2;
   std::string http_host;
   Flags flags(
       "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] "
@@ -49,7 +51,12 @@ int Run(int argc, char** argv) {
             "/health); 0: any free port; -1 (default): off");
   flags.String("http-host", &http_host, "address for the HTTP port (default: --host)");
   flags.Int("http-threads", &http_threads, "I/O threads for the HTTP port (default 2)");
-  flags.Int("drain-ms", &drain_ms, "on SIGTERM/SIGINT, how long requests in flight may finish");
+  flags.Int("drain-grace-s", &drain_grace_s,
+            "on SIGTERM/SIGINT, how long requests in flight may finish before they end UNAVAILABLE "
+            "(default 30, Kubernetes' termination grace)");
+  flags.Int("max-moves", &max_moves,
+            "how many times a request that streamed tokens may move to another rank after its "
+            "rank is lost (0: never; then it ends UNAVAILABLE)");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
   if (model_dir.empty())
     return Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
@@ -63,6 +70,10 @@ int Run(int argc, char** argv) {
     return Flags::Report(absl::InvalidArgumentError("--http-port must be in [-1, 65535]"), flags);
   if (http_threads < 1)
     return Flags::Report(absl::InvalidArgumentError("--http-threads must be >= 1"), flags);
+  if (drain_grace_s < 0 || max_moves < 0) {
+    return Flags::Report(absl::InvalidArgumentError("--drain-grace-s and --max-moves must be >= 0"),
+                         flags);
+  }
   if (poll_ms < 1 || probe_timeout_ms < 1) {
     return Flags::Report(
         absl::InvalidArgumentError("--poll-ms and --probe-timeout-ms must be >= 1"), flags);
@@ -90,7 +101,8 @@ int Run(int argc, char** argv) {
                                            .probe_timeout = absl::Milliseconds(probe_timeout_ms),
                                            .max_queue = static_cast<int>(max_queue),
                                            .rank_queue_depth = static_cast<int>(rank_queue_depth)});
-  nextserve::router::InferenceService service(*model, pool);
+  nextserve::router::InferenceService service(*model, pool,
+                                              {.max_moves = static_cast<int>(max_moves)});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -147,16 +159,25 @@ int Run(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "nextserve-router: signal %d, shutting down\n", sig);
+  // Drain: NOT_SERVING at once (a load balancer moves away) and new requests refused, requests in
+  // flight finish within the grace, the rest end UNAVAILABLE; exit as soon as none is left.
+  const absl::Time grace_end = absl::Now() + absl::Seconds(drain_grace_s);
+  std::fprintf(stderr, "nextserve-router: signal %d, draining (grace %llds)\n", sig,
+               static_cast<long long>(drain_grace_s));
+  pool.SetHealthCallback(nullptr);  // a rank's health must not turn it back to SERVING
   health->SetServingStatus(false);
   if (http) http->StopAccepting();
+  service.StartDrain();
+  if (!service.WaitIdle(grace_end)) {
+    std::fprintf(stderr, "nextserve-router: drain grace over, ending what is in flight\n");
+    service.CutInFlight(absl::Now() + absl::Seconds(2));
+  }
   // gRPC waits out the whole deadline when a client still holds a connection, so keep it short.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(drain_ms));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   server->Wait();
   if (openai) openai->Shutdown();  // its calls have ended with the server's
   http.reset();
   openai.reset();
-  pool.SetHealthCallback(nullptr);  // `health` goes with the server
   return 0;
 }
 

@@ -36,7 +36,7 @@ v1::TokenLogprobs ToPublic(int32_t token, const internal::v1::TokenLogprobs& in)
 
 // One rank call in flight; the watcher cancels it, recording why.
 struct InferenceService::ActiveCall {
-  enum Cause : int { kNone, kClient, kRankLost, kStopString };
+  enum Cause : int { kNone, kClient, kRankLost, kStopString, kDrain };
   ActiveCall(grpc::ServerContext* server, int rank, uint64_t epoch)
       : server(server), rank(rank), epoch(epoch) {}
 
@@ -55,13 +55,15 @@ struct InferenceService::ActiveCall {
   std::atomic<int> cause{kNone};
 };
 
-// A request's progress across attempts.
+// A request's progress across attempts (ranks): what the client has been sent so far.
 struct InferenceService::Progress {
   absl::Time arrival;
   absl::Time first_token = absl::InfiniteFuture();
   double queue_time_s = 0;
   int32_t completion_tokens = 0;
-  TextStream text;
+  std::vector<int32_t> generated;  // every token streamed; a moved request resubmits them
+  int moves = 0;                   // times moved after its first token
+  TextStream text;                 // stays here, so the text simply continues after a move
 };
 
 InferenceService::InferenceService(const ModelSpec& model, RankPool& pool, ServiceOptions options)
@@ -76,6 +78,25 @@ InferenceService::~InferenceService() {
   }
   calls_cv_.notify_all();
   watcher_.join();
+}
+
+void InferenceService::StartDrain() {
+  std::lock_guard lock(drain_mu_);
+  draining_ = true;
+}
+
+bool InferenceService::WaitIdle(absl::Time deadline) {
+  std::unique_lock lock(drain_mu_);
+  return drain_cv_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return in_flight_ == 0; });
+}
+
+bool InferenceService::CutInFlight(absl::Time deadline) {
+  {
+    std::lock_guard lock(calls_mu_);
+    cut_ = true;
+    for (ActiveCall* call : calls_) call->Cancel(ActiveCall::kDrain);
+  }
+  return WaitIdle(deadline);  // a request still queued sees cut_ at its next poll
 }
 
 void InferenceService::WatchLoop() {
@@ -101,6 +122,24 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
                                         const v1::GenerateRequest* request,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
   const absl::Time arrival = absl::Now();
+  {
+    std::lock_guard lock(drain_mu_);
+    if (draining_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "the router is shutting down (draining); try another replica");
+    }
+    ++in_flight_;
+  }
+  struct Done {
+    InferenceService* self;
+    ~Done() {
+      {
+        std::lock_guard lock(self->drain_mu_);
+        --self->in_flight_;
+      }
+      self->drain_cv_.notify_all();
+    }
+  } done{this};
   const std::string request_id =
       request->request_id().empty()
           ? absl::StrCat("req-", absl::Hex(id_salt_ & 0xffffffff), "-", next_id_.fetch_add(1))
@@ -114,19 +153,37 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
 
   Progress progress{.arrival = arrival, .text = TextStream(*model_.tokenizer, resolved->stop)};
   int avoid = -1;
-  for (int attempt = 0;; ++attempt) {
+  bool retried_unsent = false;
+  std::string lost;  // why the last rank could not carry on (for a move that finds no rank)
+  for (;;) {
     absl::StatusOr<RankLease> lease = pool_.Acquire(
-        DeadlineOf(*ctx), [ctx] { return ctx->IsCancelled(); }, avoid);
+        DeadlineOf(*ctx), [this, ctx] { return ctx->IsCancelled() || cut_.load(); }, avoid);
     if (!lease.ok()) {
-      return grpc::Status(static_cast<grpc::StatusCode>(lease.status().code()),
-                          absl::StrCat("request ", request_id, ": ", lease.status().message()));
+      if (cut_.load()) {
+        return grpc::Status(
+            grpc::StatusCode::UNAVAILABLE,
+            absl::StrCat("request ", request_id, ": the router shut down (drain grace over)"));
+      }
+      std::string message = absl::StrCat("request ", request_id, ": ", lease.status().message());
+      if (!lost.empty()) absl::StrAppend(&message, " (after ", lost, ")");
+      return grpc::Status(static_cast<grpc::StatusCode>(lease.status().code()), message);
     }
     Attempt result = RunOnRank(ctx, writer, *resolved, request_id, *lease, progress);
-    if (result.retry && attempt == 0) {
-      avoid = lease->rank();
-      continue;
+    if (!result.movable) return result.status;
+    // Before the first token a retry costs nothing; after it, the request moves with its tokens.
+    if (progress.generated.empty()) {
+      if (retried_unsent) return result.status;
+      retried_unsent = true;
+    } else if (progress.moves < options_.max_moves) {
+      ++progress.moves;
+    } else {
+      return grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat(result.status.error_message(), "; gave up after moving it ", progress.moves,
+                       " time(s) (--max-moves ", options_.max_moves, ")"));
     }
-    return result.status;
+    lost = result.status.error_message();
+    avoid = lease->rank();
   }
 }
 
@@ -140,6 +197,9 @@ InferenceService::Attempt InferenceService::RunOnRank(
   // Unique on the rank even when clients reuse ids.
   submit.set_request_id(absl::StrCat(request_id, "#", next_id_.fetch_add(1)));
   submit.mutable_prompt_ids()->Add(request.prompt_ids.begin(), request.prompt_ids.end());
+  // A moved request carries its output so far; the rank's sampler resumes after it.
+  submit.mutable_prompt_ids()->Add(progress.generated.begin(), progress.generated.end());
+  submit.set_generated_tokens(static_cast<int32_t>(progress.generated.size()));
   submit.set_max_tokens(request.max_tokens - progress.completion_tokens);
   *submit.mutable_sampling() = request.sampling;
 
@@ -149,6 +209,7 @@ InferenceService::Attempt InferenceService::RunOnRank(
   {
     std::lock_guard lock(calls_mu_);
     calls_.insert(&call);
+    if (cut_.load()) call.Cancel(ActiveCall::kDrain);
   }
   calls_cv_.notify_one();
   struct Unregister {
@@ -189,8 +250,11 @@ InferenceService::Attempt InferenceService::RunOnRank(
   while (!finished && reader->Read(&msg)) {
     if (first_message) {
       first_message = false;
-      progress.queue_time_s =
-          absl::ToDoubleSeconds(dispatched - progress.arrival) + msg.queue_time_s();
+      // Queue time is until the step that produced the first token, not a move's.
+      if (progress.completion_tokens == 0) {
+        progress.queue_time_s =
+            absl::ToDoubleSeconds(dispatched - progress.arrival) + msg.queue_time_s();
+      }
     }
     v1::Delta* delta = out.mutable_delta();
     delta->Clear();
@@ -201,6 +265,7 @@ InferenceService::Attempt InferenceService::RunOnRank(
       const int32_t id = msg.token_ids(i);
       if (progress.first_token == absl::InfiniteFuture()) progress.first_token = absl::Now();
       ++progress.completion_tokens;
+      progress.generated.push_back(id);
       delta->add_token_ids(id);
       if (i < msg.logprobs_size()) *delta->add_logprobs() = ToPublic(id, msg.logprobs(i));
       // The stop token itself adds no text.
@@ -251,7 +316,6 @@ InferenceService::Attempt InferenceService::RunOnRank(
   const grpc::Status status = reader->Finish();
   if (finished) return {grpc::Status::OK, false};
 
-  const bool nothing_sent = progress.completion_tokens == 0;
   const std::string where = absl::StrCat("request ", request_id, " on rank ", address);
   switch (call.cause.load()) {
     case ActiveCall::kClient:
@@ -266,7 +330,11 @@ InferenceService::Attempt InferenceService::RunOnRank(
     case ActiveCall::kRankLost:
       return {grpc::Status(grpc::StatusCode::UNAVAILABLE,
                            absl::StrCat(where, ": the rank was lost (stopped answering)")),
-              nothing_sent};
+              true};
+    case ActiveCall::kDrain:
+      return {grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           absl::StrCat(where, ": the router shut down (drain grace over)")),
+              false};
     default:
       break;
   }
@@ -283,12 +351,13 @@ InferenceService::Attempt InferenceService::RunOnRank(
   }
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
       status.error_code() == grpc::StatusCode::CANCELLED) {
-    // The connection broke (or the rank shut down): no more work goes there until it answers again.
+    // The connection broke, the rank shut down or its group broke: no more work goes there until
+    // it answers again.
     pool_.ReportBroken(rank, absl::StrCat("stream broke: ", status.error_message()));
     return {
         grpc::Status(grpc::StatusCode::UNAVAILABLE,
                      absl::StrCat(where, ": the rank's stream broke: ", status.error_message())),
-        nothing_sent};
+        true};
   }
   return {grpc::Status(status.error_code(), absl::StrCat(where, ": ", status.error_message())),
           false};

@@ -1,6 +1,9 @@
 // nextserve.v1.Inference: validate and tokenize, queue for a rank, stream the rank's tokens back
 // as text (stop strings applied), finish with usage. A watcher thread cancels the rank's stream
 // within a few milliseconds of the client cancelling, its deadline passing or its rank being lost.
+// A request whose rank is lost (or refuses it as UNAVAILABLE) moves to another healthy rank: before
+// its first token once, after it with the prompt plus the tokens already streamed, at most
+// `max_moves` times; the client's stream goes on without a gap or a duplicate.
 #pragma once
 
 #include <atomic>
@@ -22,6 +25,9 @@ namespace nextserve::router {
 struct ServiceOptions {
   RequestLimits limits;
   absl::Duration watch_interval = absl::Milliseconds(5);
+  // How many times one request that already streamed tokens may move to another rank after its
+  // rank is lost; one more loss ends it with UNAVAILABLE.
+  int max_moves = 3;
 };
 
 class InferenceService final : public v1::Inference::Service {
@@ -39,12 +45,20 @@ class InferenceService final : public v1::Inference::Service {
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* request,
                             v1::ModelInfo* response) override;
 
+  // Drain (SIGTERM). From StartDrain on, new Generate calls are refused with UNAVAILABLE.
+  void StartDrain();
+  // Waits until no Generate is in flight or `deadline` passes; true when none is.
+  bool WaitIdle(absl::Time deadline);
+  // Ends every Generate still in flight with UNAVAILABLE; waits until they return or `deadline`
+  // (a client that stops reading can hold a write); true when none is left.
+  bool CutInFlight(absl::Time deadline);
+
  private:
   struct ActiveCall;
   struct Progress;
   struct Attempt {
     grpc::Status status;
-    bool retry = false;  // failed before the client saw anything: another rank may serve it
+    bool movable = false;  // the rank was lost or refused it: another rank may carry on
   };
 
   Attempt RunOnRank(grpc::ServerContext* ctx, grpc::ServerWriter<v1::GenerateResponse>* writer,
@@ -63,6 +77,12 @@ class InferenceService final : public v1::Inference::Service {
   std::set<ActiveCall*> calls_;
   bool stopping_ = false;
   std::thread watcher_;
+
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;  // a Generate returned
+  int in_flight_ = 0;                 // guarded by drain_mu_
+  bool draining_ = false;             // guarded by drain_mu_
+  std::atomic<bool> cut_{false};      // set under calls_mu_ too: no call registers unseen
 };
 
 }  // namespace nextserve::router

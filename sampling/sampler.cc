@@ -66,8 +66,14 @@ struct Sampler::Step {
 
 absl::StatusOr<Sampler> Sampler::Create(const SamplingParams& params, int64_t vocab_size,
                                         std::span<const int32_t> prompt_tokens,
-                                        std::span<const int32_t> eos_token_ids) {
+                                        std::span<const int32_t> eos_token_ids,
+                                        int64_t already_generated) {
   if (absl::Status s = params.Validate(vocab_size); !s.ok()) return s;
+  if (already_generated < 0 || already_generated > static_cast<int64_t>(prompt_tokens.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampler: already_generated = ", already_generated, " is not in [0, ",
+                     prompt_tokens.size(), "] (the prompt's size)"));
+  }
   auto check_ids = [&](absl::string_view what, std::span<const int32_t> ids) -> absl::Status {
     for (size_t i = 0; i < ids.size(); ++i) {
       if (ids[i] < 0 || ids[i] >= vocab_size) {
@@ -96,6 +102,11 @@ absl::StatusOr<Sampler> Sampler::Create(const SamplingParams& params, int64_t vo
   std::sort(r.stop_ids_.begin(), r.stop_ids_.end());
   r.stop_ids_.erase(std::unique(r.stop_ids_.begin(), r.stop_ids_.end()), r.stop_ids_.end());
   if (params.repetition_penalty != 1.0f) r.seen_.insert(prompt_tokens.begin(), prompt_tokens.end());
+  // A resumed request's output so far: the same bookkeeping as if Sample had produced it.
+  r.num_generated_ = already_generated;
+  if (params.presence_penalty != 0.0f || params.frequency_penalty != 0.0f) {
+    for (int32_t t : prompt_tokens.last(static_cast<size_t>(already_generated))) ++r.counts_[t];
+  }
   return r;
 }
 

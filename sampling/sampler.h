@@ -28,10 +28,10 @@
 // follows vLLM: the number of tokens whose logprob is >= the sampled token's (1 = most likely).
 //
 // RNG: Philox4x32-10 keyed by the request's seed; draw number t uses counter t (t = tokens
-// generated so far), so exactly one draw per step, none shared with other requests, and the
-// sequence of a (prompt, seed) pair does not depend on batching. Greedy steps advance it too.
-// Identical inputs give identical tokens; across compilers a draw can differ only within float
-// rounding of a boundary between two tokens' intervals.
+// generated so far, resumed requests included), so exactly one draw per step, none shared with
+// other requests, and the sequence of a (prompt, seed) pair does not depend on batching. Greedy
+// steps advance it too. Identical inputs give identical tokens; across compilers a draw can differ
+// only within float rounding of a boundary between two tokens' intervals.
 //
 // Cost per step for a 151,936 vocabulary: no full sort. Greedy is two vectorised passes; top-k
 // is one pass with a size-k heap, then work on the k survivors only; top-p without top-k is an
@@ -71,10 +71,14 @@ struct SampleResult {
 class Sampler {
  public:
   // Validates params (and the ids) against the vocabulary. eos_token_ids come from the model's
-  // generation config.
+  // generation config. A request resumed elsewhere (migrated after its rank was lost) passes its
+  // output so far as the last `already_generated` prompt tokens: they count as output (presence,
+  // frequency, min_tokens) and the RNG continues at draw `already_generated`, so the resumed
+  // sampler continues exactly as the original would have.
   static absl::StatusOr<Sampler> Create(const SamplingParams& params, int64_t vocab_size,
                                         std::span<const int32_t> prompt_tokens,
-                                        std::span<const int32_t> eos_token_ids = {});
+                                        std::span<const int32_t> eos_token_ids = {},
+                                        int64_t already_generated = 0);
 
   // Chooses the next token from this step's logits (size vocab_size), records it for the
   // penalties and min_tokens, and advances the RNG by one draw. InvalidArgument for a wrong size,

@@ -59,7 +59,8 @@ absl::StatusOr<std::shared_ptr<OutputChannel>> Engine::Submit(SubmitSpec spec) {
                      ") exceeds the context of ", max_context_, " tokens"));
   }
   const std::vector<int32_t> eos(c.eos_token_ids.begin(), c.eos_token_ids.end());
-  auto sampler = sampling::Sampler::Create(spec.sampling, c.vocab_size, spec.prompt, eos);
+  auto sampler = sampling::Sampler::Create(spec.sampling, c.vocab_size, spec.prompt, eos,
+                                           spec.already_generated);
   if (!sampler.ok()) return sampler.status();
   auto r = std::make_unique<Request>(Request{.id = spec.id,
                                              .tokens = spec.prompt,

@@ -36,7 +36,10 @@ struct EngineLoad {
 struct SubmitSpec {
   std::string id;
   std::vector<int32_t> prompt;
-  int64_t max_tokens = 1;
+  int64_t max_tokens = 1;  // still to generate
+  // A request moved from a lost rank: the last `already_generated` prompt tokens are its output so
+  // far (the sampler resumes after them: penalties, min_tokens, RNG position).
+  int64_t already_generated = 0;
   sampling::SamplingParams sampling;
 };
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "cli/flags.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -22,7 +23,8 @@
 int main(int argc, char** argv) {
   std::string model_dir, host = "127.0.0.1", placement_file;
   int64_t port = 0, threads = 0, kv_blocks = 1024, state_slots = 64, block_size = 64,
-          max_batch_tokens = 512, max_running = 64, rank_id = 0, max_context = 0;
+          max_batch_tokens = 512, max_running = 64, rank_id = 0, max_context = 0,
+          drain_grace_s = 30;
   nextserve::cli::Flags flags("nextserve-rank --model DIR --port P [options]");
   flags.String("model", &model_dir, "Hugging Face model directory");
   flags.String("host", &host, "address to listen on (default 127.0.0.1)");
@@ -38,16 +40,19 @@ int main(int argc, char** argv) {
   flags.String("expert-placement", &placement_file,
                "file with the rank of each routed expert, one per line (default: contiguous)");
   flags.Int("rank-id", &rank_id, "this rank's number, reported in its load (default 0)");
+  flags.Int("drain-grace-s", &drain_grace_s,
+            "on SIGTERM/SIGINT, how long open streams may finish before they end UNAVAILABLE "
+            "(default 30, Kubernetes' termination grace)");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
   if (model_dir.empty()) {
     return nextserve::cli::Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
   }
   if (kv_blocks < 1 || state_slots < 1 || block_size < 1 || max_batch_tokens < 1 ||
-      max_running < 1) {
+      max_running < 1 || drain_grace_s < 0) {
     return nextserve::cli::Flags::Report(
         absl::InvalidArgumentError(
             "--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
-            "--max-running must be positive"),
+            "--max-running must be positive (--drain-grace-s >= 0)"),
         flags);
   }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
@@ -95,8 +100,18 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "nextserve-rank %ld: signal %d, shutting down\n", rank_id, sig);
-  // Streams still open end with their requests aborted; new calls are refused.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Drain: NOT_SERVING and new work refused at once, open streams finish within the grace, the
+  // rest end UNAVAILABLE so that the router moves them to another rank.
+  const absl::Time grace_end = absl::Now() + absl::Seconds(drain_grace_s);
+  std::fprintf(stderr, "nextserve-rank %ld: signal %d, draining (grace %lds)\n", rank_id, sig,
+               drain_grace_s);
+  server->GetHealthCheckService()->SetServingStatus(false);
+  service.StartDrain();
+  if (!service.WaitIdle(grace_end)) {
+    std::fprintf(stderr, "nextserve-rank %ld: drain grace over, ending the open streams\n",
+                 rank_id);
+    service.CutOpenStreams();
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   return 0;
 }

@@ -52,13 +52,55 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+void RankService::StartDrain() {
+  std::lock_guard lock(drain_mu_);
+  draining_ = true;
+}
+
+bool RankService::WaitIdle(absl::Time deadline) {
+  std::unique_lock lock(drain_mu_);
+  return drain_cv_.wait_until(lock, absl::ToChronoTime(deadline),
+                              [&] { return open_streams_ == 0; });
+}
+
+void RankService::CutOpenStreams() {
+  std::unique_lock lock(drain_mu_);
+  cut_ = true;
+  drain_cv_.wait(lock, [&] { return open_streams_ == 0; });
+}
+
+bool RankService::Cut() const {
+  std::lock_guard lock(drain_mu_);
+  return cut_;
+}
+
 grpc::Status RankService::Submit(grpc::ServerContext* context, const pb::SubmitRequest* request,
                                  grpc::ServerWriter<pb::SubmitResponse>* writer) {
+  {
+    std::lock_guard lock(drain_mu_);
+    if (draining_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat("rank ", rank_id_, " is draining (shutting down)"));
+    }
+    ++open_streams_;
+  }
+  struct Close {
+    RankService* self;
+    ~Close() {
+      {
+        std::lock_guard lock(self->drain_mu_);
+        --self->open_streams_;
+      }
+      self->drain_cv_.notify_all();
+    }
+  } close{this};
+
   SubmitSpec spec;
   spec.id = request->request_id();
   if (spec.id.empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: empty");
   spec.prompt.assign(request->prompt_ids().begin(), request->prompt_ids().end());
   spec.max_tokens = request->max_tokens();
+  spec.already_generated = request->generated_tokens();
   spec.sampling = FromProto(request->sampling());
   auto channel = engine_->Submit(std::move(spec));
   if (!channel.ok()) return ToGrpc(channel.status());
@@ -71,11 +113,19 @@ grpc::Status RankService::Submit(grpc::ServerContext* context, const pb::SubmitR
         return grpc::Status(grpc::StatusCode::CANCELLED,
                             absl::StrCat("request '", id, "' cancelled"));
       }
+      if (Cut()) {
+        engine_->Abort(id);
+        return grpc::Status(
+            grpc::StatusCode::UNAVAILABLE,
+            absl::StrCat("request '", id, "': rank ", rank_id_, " shut down (drain grace over)"));
+      }
       continue;
     }
     if (out.finish == Finish::kError) {
-      return grpc::Status(grpc::StatusCode::INTERNAL,
-                          absl::StrCat("request '", id, "': ", out.error));
+      // A broken group (or a shutting-down rank) cannot serve it; another rank can.
+      return grpc::Status(
+          out.unavailable ? grpc::StatusCode::UNAVAILABLE : grpc::StatusCode::INTERNAL,
+          absl::StrCat("request '", id, "': ", out.error));
     }
     pb::SubmitResponse response;
     if (out.queue_time_s >= 0) response.set_queue_time_s(out.queue_time_s);
@@ -108,6 +158,13 @@ grpc::Status RankService::Abort(grpc::ServerContext*, const pb::AbortRequest* re
 
 grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*,
                                   pb::LoadReport* response) {
+  {
+    std::lock_guard lock(drain_mu_);
+    if (draining_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat("rank ", rank_id_, " is draining (shutting down)"));
+    }
+  }
   const EngineLoad load = engine_->Load();
   response->set_running(static_cast<int32_t>(load.running));
   response->set_waiting(static_cast<int32_t>(load.waiting));

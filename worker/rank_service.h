@@ -1,8 +1,13 @@
 // nextserve.internal.v1.Rank over gRPC: bridges Submit streams, Abort and GetLoad to the Engine.
+// Drain (SIGTERM): new Submits are refused with UNAVAILABLE, open streams may finish, and what is
+// left when the grace ends is cut with UNAVAILABLE so that the router moves it to another rank.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 
+#include "absl/time/time.h"
 #include "nextserve/internal/v1/rank.grpc.pb.h"
 #include "worker/engine.h"
 
@@ -19,9 +24,25 @@ class RankService final : public nextserve::internal::v1::Rank::Service {
   grpc::Status GetLoad(grpc::ServerContext* context, const internal::v1::LoadRequest* request,
                        internal::v1::LoadReport* response) override;
 
+  // From now on Submit (and GetLoad, so the router stops choosing this rank) answer UNAVAILABLE.
+  void StartDrain();
+  // Waits until no Submit stream is open or `deadline` passes; true when none is open.
+  bool WaitIdle(absl::Time deadline);
+  // Ends the open streams with UNAVAILABLE (their requests aborted, cache freed) within about one
+  // poll interval, and waits for them to go.
+  void CutOpenStreams();
+
  private:
+  bool Cut() const;
+
   Engine* engine_;
   int32_t rank_id_;
+
+  mutable std::mutex drain_mu_;
+  std::condition_variable drain_cv_;  // a stream closed
+  int open_streams_ = 0;
+  bool draining_ = false;
+  bool cut_ = false;
 };
 
 // absl status code -> the same gRPC code, message kept.

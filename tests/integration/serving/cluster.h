@@ -3,7 +3,10 @@
 // ports -- started as children of the test and stopped (SIGTERM, then SIGKILL) when it ends.
 #pragma once
 
+#include <signal.h>
+
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +51,9 @@ class Cluster {
   const std::string& rank_address(int i) const { return local_->rank_address(i); }
   int num_ranks() const { return local_->num_ranks(); }
   void SignalRank(int i, int signal) { local_->SignalRank(i, signal); }
+  void SignalRouter(int signal) { ::kill(local_->router_pid(), signal); }
+  // A child that exited (reaped), described; nullopt while all run.
+  std::optional<std::string> CheckExited() { return local_->CheckExited(); }
   void KillRank(int i) { local_->KillRank(i); }
   pid_t rank_pid(int i) const { return local_->rank_pid(i); }
   // The rank's load report, asked directly (not through the router).

@@ -1,9 +1,10 @@
 // nextserve-fake-rank: a scripted nextserve.internal.v1.Rank for router tests that must not depend
 // on the model. Each request "generates" its prompt again, token by token, one token per step
 // (--step-ms), then keeps cycling through it; a stop token id ends it (after min_tokens),
-// max_tokens ends it with LENGTH. It keeps the rank's bookkeeping: state slots (a request waits for
-// one), KV blocks of 16 tokens, running/waiting counts, and frees all of it when a request ends, is
-// cancelled or aborted.
+// max_tokens ends it with LENGTH. A moved request (generated_tokens > 0) continues the cycle where
+// it was, as a real rank continues an uninterrupted run. It keeps the rank's bookkeeping: state
+// slots (a request waits for one), KV blocks of 16 tokens, running/waiting counts, and frees all of
+// it when a request ends, is cancelled or aborted.
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
@@ -31,8 +32,11 @@ class FakeRank final : public iv1::Rank::Service {
   grpc::Status Submit(grpc::ServerContext* ctx, const iv1::SubmitRequest* req,
                       grpc::ServerWriter<iv1::SubmitResponse>* writer) override {
     const absl::Time arrival = absl::Now();
-    if (req->prompt_ids().empty() || req->max_tokens() < 1) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty prompt or max_tokens < 1");
+    const int32_t done = req->generated_tokens();
+    const int32_t prompt_len = req->prompt_ids_size() - done;
+    if (prompt_len < 1 || req->max_tokens() < 1 || done < 0) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "empty prompt, max_tokens < 1 or generated_tokens out of range");
     }
     const int64_t need =
         (req->prompt_ids_size() + req->max_tokens() + kBlockTokens - 1) / kBlockTokens;
@@ -67,7 +71,7 @@ class FakeRank final : public iv1::Rank::Service {
           break;
         }
       }
-      const int32_t token = req->prompt_ids(i % req->prompt_ids_size());
+      const int32_t token = req->prompt_ids((done + i) % prompt_len);
       iv1::SubmitResponse msg;
       msg.add_token_ids(token);
       if (i == 0) msg.set_queue_time_s(absl::ToDoubleSeconds(absl::Now() - arrival));
@@ -82,7 +86,7 @@ class FakeRank final : public iv1::Rank::Service {
         }
       }
       bool stop = false;
-      if (i + 1 >= s.min_tokens()) {
+      if (done + i + 1 >= s.min_tokens()) {
         for (int32_t id : s.stop_token_ids()) stop |= id == token;
       }
       if (stop)

@@ -1,7 +1,13 @@
-// A rank killed mid-stream: its streams end with UNAVAILABLE (naming it) within 2 s, the router
-// stops sending it work, and the other rank's streams and new requests carry on.
+// A rank killed mid-stream: without moves its streams end with UNAVAILABLE (naming it) within 2 s,
+// the router stops sending it work, and the other rank's streams and new requests carry on. With
+// moves (the default) the stream continues on another rank and its whole output equals an
+// uninterrupted run, greedy and seeded; a rank drained by SIGTERM hands its stream over the same
+// way.
 #include <signal.h>
 
+#include <algorithm>
+#include <functional>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -16,8 +22,9 @@ namespace {
 TEST(RankFailure, KilledRankStreamsEndUnavailableOthersKeepServing) {
   absl::StatusOr<std::string> dir = TestModelDir();
   ASSERT_TRUE(dir.ok()) << dir.status();
-  auto started = Cluster::Start(
-      *dir, {.ranks = 2, .rank_args = {"--kv-blocks", "256", "--state-slots", "16"}});
+  auto started = Cluster::Start(*dir, {.ranks = 2,
+                                       .rank_args = {"--kv-blocks", "256", "--state-slots", "16"},
+                                       .router_args = {"--max-moves", "0"}});
   ASSERT_TRUE(started.ok()) << started.status();
   Cluster& cluster = **started;
   auto client = sdk::Client::Create(cluster.router_address());
@@ -72,6 +79,112 @@ TEST(RankFailure, KilledRankStreamsEndUnavailableOthersKeepServing) {
     EXPECT_TRUE(result.ok()) << result.status();
   }
   EXPECT_TRUE(cluster.WaitRankIdle(1, absl::Seconds(2)).ok());
+}
+
+v1::GenerateRequest MovableRequest(bool seeded, int max_tokens) {
+  v1::GenerateRequest req = IdsRequest({11, 12, 13, 14, 15}, max_tokens);
+  req.set_ignore_eos(true);
+  if (seeded) {
+    // Sampling with every state the move must carry: RNG position, penalties, min_tokens.
+    req.mutable_sampling()->set_temperature(0.9f);
+    req.mutable_sampling()->set_top_k(40);
+    req.mutable_sampling()->set_seed(1234);
+    req.mutable_sampling()->set_presence_penalty(0.5f);
+    req.mutable_sampling()->set_frequency_penalty(0.3f);
+    req.mutable_sampling()->set_repetition_penalty(1.2f);
+  } else {
+    req.mutable_sampling()->set_temperature(0);
+  }
+  return req;
+}
+
+// Starts `req`, reads at least `first` tokens, then runs `interrupt` (which ends the rank serving
+// it) and reads the rest.
+Collected RunInterrupted(sdk::Client& client, const v1::GenerateRequest& req, size_t first,
+                         const std::function<void()>& interrupt) {
+  auto stream = client.StartGenerate(req);
+  Collected c;
+  v1::GenerateResponse r;
+  while (c.tokens().size() < first && stream->Next(&r)) {
+    if (r.has_delta()) c.deltas.push_back(r.delta());
+  }
+  interrupt();
+  Collected rest = Collect(*stream);
+  c.deltas.insert(c.deltas.end(), rest.deltas.begin(), rest.deltas.end());
+  c.final = rest.final;
+  c.status = rest.status;
+  return c;
+}
+
+int BusyRank(Cluster& cluster, const std::vector<int>& candidates) {
+  for (int i : candidates) {
+    absl::StatusOr<internal::v1::LoadReport> load = cluster.RankLoad(i);
+    if (load.ok() && load->running() > 0) return i;
+  }
+  return -1;
+}
+
+TEST(RankFailure, KilledRankStreamMovesAndMatchesAnUninterruptedRun) {
+  absl::StatusOr<std::string> dir = TestModelDir();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  auto started = Cluster::Start(*dir, {.ranks = 3});
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& cluster = **started;
+  auto client = sdk::Client::Create(cluster.router_address());
+  constexpr int kTokens = 80;
+  std::vector<int> alive = {0, 1, 2};
+  for (bool seeded : {false, true}) {
+    SCOPED_TRACE(seeded ? "seeded" : "greedy");
+    const v1::GenerateRequest req = MovableRequest(seeded, kTokens);
+    auto whole = client->Generate(req, nullptr, {.timeout = absl::Seconds(60)});
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    int killed = -1;
+    Collected moved = RunInterrupted(*client, req, 20, [&] {
+      killed = BusyRank(cluster, alive);
+      if (killed >= 0) cluster.KillRank(killed);
+    });
+    ASSERT_GE(killed, 0);
+    alive.erase(std::find(alive.begin(), alive.end(), killed));
+    ASSERT_TRUE(moved.status.ok()) << moved.status << cluster.Logs();
+    EXPECT_EQ(moved.tokens(),
+              std::vector<int32_t>(whole->token_ids.begin(), whole->token_ids.end()));
+    EXPECT_EQ(moved.text(), whole->text);
+    ASSERT_TRUE(moved.final.has_value());
+    EXPECT_EQ(moved.final->usage().completion_tokens(), kTokens);
+  }
+  EXPECT_TRUE(cluster.WaitRankIdle(alive[0], absl::Seconds(2)).ok());
+}
+
+TEST(RankFailure, DrainedRankHandsItsStreamOverAndExits) {
+  absl::StatusOr<std::string> dir = TestModelDir();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  auto started = Cluster::Start(*dir, {.ranks = 2, .rank_args = {"--drain-grace-s", "1"}});
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& cluster = **started;
+  auto client = sdk::Client::Create(cluster.router_address());
+  constexpr int kTokens = 400;  // longer than the grace
+  const v1::GenerateRequest req = MovableRequest(/*seeded=*/true, kTokens);
+  auto whole = client->Generate(req, nullptr, {.timeout = absl::Seconds(120)});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  int drained = -1;
+  absl::Time signalled;
+  Collected moved = RunInterrupted(*client, req, 10, [&] {
+    drained = BusyRank(cluster, {0, 1});
+    signalled = absl::Now();
+    if (drained >= 0) cluster.SignalRank(drained, SIGTERM);
+  });
+  ASSERT_GE(drained, 0);
+  ASSERT_TRUE(moved.status.ok()) << moved.status << cluster.Logs();
+  EXPECT_EQ(moved.tokens(), std::vector<int32_t>(whole->token_ids.begin(), whole->token_ids.end()));
+  // The drained rank exits by itself once its stream is handed over.
+  std::optional<std::string> exited;
+  for (int i = 0; i < 500 && !exited; ++i) {
+    exited = cluster.CheckExited();
+    if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(exited.has_value());
+  EXPECT_TRUE(absl::StrContains(*exited, "exited with code 0")) << *exited;
+  EXPECT_TRUE(cluster.WaitRankIdle(1 - drained, absl::Seconds(2)).ok());
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // checked exactly and fast, independent of the model.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -263,7 +264,9 @@ TEST(RouterQueue, FullQueueIsResourceExhaustedAndDeadlinesApplyWhileQueued) {
 
 // Long streams over two ranks; rank 0 is lost (killed, or stopped so that it no longer answers).
 void CheckRankLoss(bool kill) {
-  auto cluster = StartFake({.ranks = 2, .rank_args = {"--step-ms", "5"}});
+  // Without moves, so that the lost rank's streams end (migration is tested below).
+  auto cluster =
+      StartFake({.ranks = 2, .rank_args = {"--step-ms", "5"}, .router_args = {"--max-moves", "0"}});
   ASSERT_NE(cluster, nullptr);
   auto client = sdk::Client::Create(cluster->router_address());
   constexpr int kStreams = 6;
@@ -323,6 +326,169 @@ TEST(RouterRankLoss, KilledRankStreamsEndUnavailableOthersContinue) {
 }
 TEST(RouterRankLoss, StoppedRankStreamsEndUnavailableThenItRejoins) {
   CheckRankLoss(/*kill=*/false);
+}
+
+// What a fake rank streams for `prompt`: the prompt again and again.
+std::vector<int32_t> Cycle(const std::vector<int32_t>& prompt, int n) {
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) out.push_back(prompt[i % prompt.size()]);
+  return out;
+}
+
+// Reads deltas into `c` until it holds at least `n` tokens; false if the stream ended first.
+bool ReadUntil(sdk::GenerateStream& stream, Collected& c, size_t n) {
+  v1::GenerateResponse r;
+  while (c.tokens().size() < n) {
+    if (!stream.Next(&r)) return false;
+    if (r.has_delta()) c.deltas.push_back(r.delta());
+    if (r.has_final()) c.final = r.final();
+  }
+  return true;
+}
+
+// The rest of the stream appended to `c`.
+void ReadRest(sdk::GenerateStream& stream, Collected& c) {
+  Collected rest = Collect(stream);
+  c.deltas.insert(c.deltas.end(), rest.deltas.begin(), rest.deltas.end());
+  c.final = rest.final;
+  c.status = rest.status;
+  c.end = rest.end;
+}
+
+// The rank running something (one request in flight in these tests), or -1.
+int BusyRank(Cluster& cluster, const std::vector<int>& candidates) {
+  for (int i : candidates) {
+    absl::StatusOr<internal::v1::LoadReport> load = cluster.RankLoad(i);
+    if (load.ok() && load->running() > 0) return i;
+  }
+  return -1;
+}
+
+TEST(RouterMigration, KilledRankStreamMovesWithoutGapOrDuplicate) {
+  auto cluster = StartFake({.ranks = 2, .rank_args = {"--step-ms", "5"}});
+  ASSERT_NE(cluster, nullptr);
+  auto client = sdk::Client::Create(cluster->router_address());
+  const std::string prompt = "the quick brown fox ";
+  absl::StatusOr<std::vector<int32_t>> ids = client->Tokenize(prompt);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  constexpr int kTokens = 200;
+  v1::GenerateRequest req;
+  req.set_text(prompt);
+  req.set_max_tokens(kTokens);
+  req.set_min_tokens(kTokens);  // the fake rank counts min_tokens across the move too
+  auto stream = client->StartGenerate(req);
+  Collected c;
+  ASSERT_TRUE(ReadUntil(*stream, c, 30));
+  const int busy = BusyRank(*cluster, {0, 1});
+  ASSERT_GE(busy, 0);
+  cluster->KillRank(busy);
+  ReadRest(*stream, c);
+  ASSERT_TRUE(c.status.ok()) << c.status << cluster->Logs();
+  EXPECT_EQ(c.tokens(), Cycle(*ids, kTokens));
+  std::string text;
+  for (int i = 0; i < kTokens / static_cast<int>(ids->size()); ++i) text += prompt;
+  auto tail =
+      client->Detokenize(std::vector<int32_t>(ids->begin(), ids->begin() + kTokens % ids->size()));
+  ASSERT_TRUE(tail.ok());
+  EXPECT_EQ(c.text(), text + *tail);
+  ASSERT_TRUE(c.final.has_value());
+  EXPECT_EQ(c.final->finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(c.final->usage().completion_tokens(), kTokens);
+  EXPECT_EQ(c.final->usage().prompt_tokens(), static_cast<int>(ids->size()));
+  EXPECT_TRUE(cluster->WaitRankIdle(1 - busy, absl::Seconds(2)).ok());
+}
+
+TEST(RouterMigration, GivesUpUnavailableAfterMaxMoves) {
+  auto cluster =
+      StartFake({.ranks = 3, .rank_args = {"--step-ms", "5"}, .router_args = {"--max-moves", "1"}});
+  ASSERT_NE(cluster, nullptr);
+  auto client = sdk::Client::Create(cluster->router_address());
+  const std::vector<int32_t> prompt = {7, 8, 9, 10, 11};
+  auto stream = client->StartGenerate(IdsRequest(prompt, 400));
+  Collected c;
+  std::vector<int> alive = {0, 1, 2};
+  for (int kill = 0; kill < 2; ++kill) {
+    ASSERT_TRUE(ReadUntil(*stream, c, c.tokens().size() + 20)) << cluster->Logs();
+    const int busy = BusyRank(*cluster, alive);
+    ASSERT_GE(busy, 0);
+    cluster->KillRank(busy);
+    alive.erase(std::find(alive.begin(), alive.end(), busy));
+  }
+  ReadRest(*stream, c);
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kUnavailable) << c.status;
+  EXPECT_TRUE(absl::StrContains(c.status.message(), "gave up after moving it 1 time(s)"))
+      << c.status;
+  EXPECT_FALSE(c.final.has_value());
+  // What it did stream is the uninterrupted output's beginning: no gap, no duplicate.
+  const std::vector<int32_t> got = c.tokens();
+  EXPECT_GE(got.size(), 40u);
+  EXPECT_EQ(got, Cycle(prompt, static_cast<int>(got.size())));
+  // The third rank still serves.
+  auto result = client->Generate(IdsRequest({1, 2}, 4), nullptr, {.timeout = absl::Seconds(5)});
+  EXPECT_TRUE(result.ok()) << result.status();
+}
+
+// Waits for the router process to exit; its description ("... exited with code 0").
+std::string WaitExited(Cluster& cluster, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (std::optional<std::string> exited = cluster.CheckExited()) return *exited;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return "still running";
+}
+
+TEST(RouterDrain, SigtermLetsAStreamFinishAndRefusesNewWork) {
+  auto cluster = StartFake({.ranks = 2, .rank_args = {"--step-ms", "5"}});
+  ASSERT_NE(cluster, nullptr);
+  auto client = sdk::Client::Create(cluster->router_address());
+  constexpr int kTokens = 300;  // 1.5 s, longer than the old 1 s shutdown
+  auto stream = client->StartGenerate(IdsRequest({7, 8, 9}, kTokens));
+  Collected c;
+  ASSERT_TRUE(ReadUntil(*stream, c, 1));
+  cluster->SignalRouter(SIGTERM);
+  // NOT_SERVING at once; new requests refused while the stream goes on.
+  absl::StatusOr<bool> serving = true;
+  for (int i = 0; i < 100 && serving.ok() && *serving; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    serving = client->IsServing();
+  }
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  EXPECT_FALSE(*serving);
+  auto refused = client->Generate(IdsRequest({1, 2}, 4), nullptr, {.timeout = absl::Seconds(5)});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "draining")) << refused.status();
+  ReadRest(*stream, c);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(c.tokens(), Cycle({7, 8, 9}, kTokens));
+  ASSERT_TRUE(c.final.has_value());
+  EXPECT_EQ(c.final->finish_reason(), v1::FINISH_REASON_LENGTH);
+  // Nothing left in flight: the router exits without waiting out the 30 s grace.
+  EXPECT_TRUE(absl::StrContains(WaitExited(*cluster, absl::Seconds(10)), "exited with code 0"));
+}
+
+TEST(RouterDrain, StreamLongerThanTheGraceEndsUnavailable) {
+  auto cluster = StartFake(
+      {.ranks = 1, .rank_args = {"--step-ms", "5"}, .router_args = {"--drain-grace-s", "1"}});
+  ASSERT_NE(cluster, nullptr);
+  auto client = sdk::Client::Create(cluster->router_address());
+  constexpr int kTokens = 2000;  // 10 s
+  auto stream = client->StartGenerate(IdsRequest({7, 8, 9}, kTokens));
+  Collected c;
+  ASSERT_TRUE(ReadUntil(*stream, c, 1));
+  const absl::Time signalled = absl::Now();
+  cluster->SignalRouter(SIGTERM);
+  ReadRest(*stream, c);
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kUnavailable) << c.status;
+  EXPECT_TRUE(absl::StrContains(c.status.message(), "drain grace over")) << c.status;
+  EXPECT_FALSE(c.final.has_value());
+  // It ran to about the grace, well short of its natural end.
+  EXPECT_GE(c.end - signalled, absl::Milliseconds(900));
+  EXPECT_LT(c.end - signalled, absl::Seconds(5));
+  EXPECT_LT(c.tokens().size(), static_cast<size_t>(kTokens));
+  EXPECT_TRUE(absl::StrContains(WaitExited(*cluster, absl::Seconds(10)), "exited with code 0"));
+  // The rank aborted the cut request and freed its slot.
+  EXPECT_TRUE(cluster->WaitRankIdle(0, absl::Seconds(2)).ok());
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Exact cases for each step of sampler.h on small vocabularies, computed by hand.
 #include "sampling/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -427,6 +428,52 @@ TEST(SamplerTest, SameSeedSameTokensWhateverIsInterleaved) {
     EXPECT_EQ(got_a, seq_a);
     EXPECT_EQ(got_b, seq_b);
   }
+}
+
+// A request moved to another rank resumes with its output so far at the end of the prompt: the
+// rest of its tokens must equal the uninterrupted run (RNG position, penalties, min_tokens).
+TEST(SamplerTest, ResumedSamplerContinuesLikeTheOriginal) {
+  constexpr int64_t kVocab = 3000;
+  constexpr int kSplit = 20;
+  const auto rows = RandomSteps(64, kVocab);
+  const std::vector<int32_t> prompt = {5, 17, 2999, 42};
+  SamplingParams p;
+  p.seed = 777;
+  p.temperature = 0.9f;
+  p.top_k = 50;
+  p.repetition_penalty = 1.3f;
+  p.presence_penalty = 0.7f;
+  p.frequency_penalty = 0.4f;
+  p.min_tokens = kSplit + 10;  // the mask must still hold after the move
+  p.stop_token_ids = {7, 8};
+  p.logit_bias = {{7, 6.0f}, {8, 6.0f}};  // without the mask a stop id would win most steps
+  Sampler whole = Make(p, kVocab, prompt);
+  const std::vector<int32_t> expected = DrawAll(whole, rows);
+
+  Sampler first = Make(p, kVocab, prompt);
+  std::vector<int32_t> resumed_prompt = prompt;
+  for (int t = 0; t < kSplit; ++t) resumed_prompt.push_back(Draw(first, rows[t]));
+  absl::StatusOr<Sampler> resumed = Sampler::Create(p, kVocab, resumed_prompt, {}, kSplit);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->num_generated(), kSplit);
+  std::vector<int32_t> got(resumed_prompt.begin() + prompt.size(), resumed_prompt.end());
+  for (size_t t = kSplit; t < rows.size(); ++t) got.push_back(Draw(*resumed, rows[t]));
+  EXPECT_EQ(got, expected);
+  for (int t = 0; t < kSplit + 10; ++t) EXPECT_NE(expected[t], 7) << "step " << t;
+  EXPECT_TRUE(std::count(expected.begin() + kSplit + 10, expected.end(), 7) +
+                  std::count(expected.begin() + kSplit + 10, expected.end(), 8) >
+              0);
+
+  // Treating the moved tokens as prompt instead (the mistake this guards against) differs.
+  Sampler naive = Make(p, kVocab, resumed_prompt);
+  std::vector<int32_t> naive_got(resumed_prompt.begin() + prompt.size(), resumed_prompt.end());
+  for (size_t t = kSplit; t < rows.size(); ++t) naive_got.push_back(Draw(naive, rows[t]));
+  EXPECT_NE(naive_got, expected);
+
+  EXPECT_TRUE(IsError(Sampler::Create(p, kVocab, prompt, {}, 5), absl::StatusCode::kInvalidArgument,
+                      {"already_generated = 5", "[0, 4]"}));
+  EXPECT_TRUE(IsError(Sampler::Create(p, kVocab, prompt, {}, -1),
+                      absl::StatusCode::kInvalidArgument, {"already_generated"}));
 }
 
 TEST(SamplerTest, UnseededSamplersGetDifferentSeeds) {
