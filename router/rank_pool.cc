@@ -183,7 +183,7 @@ int RankPool::PickLocked(int avoid) const {
     for (int k = 0; k < size(); ++k) {
       const int r = (next_pick_ + k) % size();
       const Rank& rank = *ranks_[r];
-      if (!rank.healthy || rank.in_flight >= CapacityLocked(rank)) continue;
+      if (!rank.healthy || rank.load.draining() || rank.in_flight >= CapacityLocked(rank)) continue;
       if (pass == 0 && r == avoid) continue;
       // The rank's own count includes other routers' requests; ours is more recent.
       const int64_t load =

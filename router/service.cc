@@ -1,6 +1,7 @@
 #include "router/service.h"
 
 #include <chrono>
+#include <cstdio>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -184,6 +185,9 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
     }
     lost = result.status.error_message();
     avoid = lease->rank();
+    // Rare and worth an operator's attention: say what moved and why.
+    std::fprintf(stderr, "nextserve-router: %s; moving it to another rank after %zu tokens\n",
+                 lost.c_str(), progress.generated.size());
   }
 }
 
@@ -348,6 +352,13 @@ InferenceService::Attempt InferenceService::RunOnRank(
     return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                          absl::StrCat(where, ": deadline exceeded")),
             false};
+  }
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      call.rank_ctx.GetServerTrailingMetadata().count("nextserve-draining") > 0) {
+    // Refused by a rank that is shutting down: not lost (its other streams go on), just full.
+    return {grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                         absl::StrCat(where, ": ", status.error_message())),
+            true};
   }
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
       status.error_code() == grpc::StatusCode::CANCELLED) {

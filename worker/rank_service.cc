@@ -79,6 +79,8 @@ grpc::Status RankService::Submit(grpc::ServerContext* context, const pb::SubmitR
   {
     std::lock_guard lock(drain_mu_);
     if (draining_) {
+      // Not lost: the router should send this elsewhere without ending the streams open here.
+      context->AddTrailingMetadata(std::string(kDrainingMetadata), "1");
       return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                           absl::StrCat("rank ", rank_id_, " is draining (shutting down)"));
     }
@@ -106,18 +108,18 @@ grpc::Status RankService::Submit(grpc::ServerContext* context, const pb::SubmitR
   if (!channel.ok()) return ToGrpc(channel.status());
   const std::string id = request->request_id();
   while (true) {
+    if (Cut()) {  // checked before every message: a busy stream never waits for Pop to time out
+      engine_->Abort(id);
+      return grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("request '", id, "': rank ", rank_id_, " shut down (drain grace over)"));
+    }
     RankOutput out;
     if (!(*channel)->Pop(&out, kPollInterval)) {
       if (context->IsCancelled()) {
         engine_->Abort(id);  // the engine frees the cache at its next step
         return grpc::Status(grpc::StatusCode::CANCELLED,
                             absl::StrCat("request '", id, "' cancelled"));
-      }
-      if (Cut()) {
-        engine_->Abort(id);
-        return grpc::Status(
-            grpc::StatusCode::UNAVAILABLE,
-            absl::StrCat("request '", id, "': rank ", rank_id_, " shut down (drain grace over)"));
       }
       continue;
     }
@@ -159,11 +161,9 @@ grpc::Status RankService::Abort(grpc::ServerContext*, const pb::AbortRequest* re
 grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*,
                                   pb::LoadReport* response) {
   {
+    // Still answered, so that the router keeps the streams open here; it only sends no new work.
     std::lock_guard lock(drain_mu_);
-    if (draining_) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          absl::StrCat("rank ", rank_id_, " is draining (shutting down)"));
-    }
+    response->set_draining(draining_);
   }
   const EngineLoad load = engine_->Load();
   response->set_running(static_cast<int32_t>(load.running));

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <string_view>
 
 #include "absl/time/time.h"
 #include "nextserve/internal/v1/rank.grpc.pb.h"
@@ -24,7 +25,7 @@ class RankService final : public nextserve::internal::v1::Rank::Service {
   grpc::Status GetLoad(grpc::ServerContext* context, const internal::v1::LoadRequest* request,
                        internal::v1::LoadReport* response) override;
 
-  // From now on Submit (and GetLoad, so the router stops choosing this rank) answer UNAVAILABLE.
+  // From now on Submit answers UNAVAILABLE (marked draining) and GetLoad reports draining.
   void StartDrain();
   // Waits until no Submit stream is open or `deadline` passes; true when none is open.
   bool WaitIdle(absl::Time deadline);
@@ -44,6 +45,9 @@ class RankService final : public nextserve::internal::v1::Rank::Service {
   bool draining_ = false;
   bool cut_ = false;
 };
+
+// Trailing metadata of a Submit refused because the rank is draining (see rank.proto).
+inline constexpr std::string_view kDrainingMetadata = "nextserve-draining";
 
 // absl status code -> the same gRPC code, message kept.
 grpc::Status ToGrpc(const absl::Status& status);

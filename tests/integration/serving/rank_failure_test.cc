@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "sdk/cpp/client.h"
 #include "tests/integration/serving/cluster.h"
@@ -131,7 +132,7 @@ TEST(RankFailure, KilledRankStreamMovesAndMatchesAnUninterruptedRun) {
   ASSERT_TRUE(started.ok()) << started.status();
   Cluster& cluster = **started;
   auto client = sdk::Client::Create(cluster.router_address());
-  constexpr int kTokens = 80;
+  constexpr int kTokens = 600;
   std::vector<int> alive = {0, 1, 2};
   for (bool seeded : {false, true}) {
     SCOPED_TRACE(seeded ? "seeded" : "greedy");
@@ -151,32 +152,38 @@ TEST(RankFailure, KilledRankStreamMovesAndMatchesAnUninterruptedRun) {
     EXPECT_EQ(moved.text(), whole->text);
     ASSERT_TRUE(moved.final.has_value());
     EXPECT_EQ(moved.final->usage().completion_tokens(), kTokens);
+    // It really moved (rather than finishing before the kill).
+    const std::string logs = cluster.Logs();
+    EXPECT_TRUE(absl::StrContains(logs, absl::StrCat("on rank ", cluster.rank_address(killed))) &&
+                absl::StrContains(logs, "moving it to another rank"))
+        << logs;
   }
   EXPECT_TRUE(cluster.WaitRankIdle(alive[0], absl::Seconds(2)).ok());
 }
 
-TEST(RankFailure, DrainedRankHandsItsStreamOverAndExits) {
+// SIGTERM of the rank serving a seeded stream: with the default grace the stream finishes there;
+// with no grace it is cut at once and moves. Either way the output equals the uninterrupted run and
+// the rank exits by itself as soon as nothing is open.
+void CheckRankDrain(int grace_s) {
   absl::StatusOr<std::string> dir = TestModelDir();
   ASSERT_TRUE(dir.ok()) << dir.status();
-  auto started = Cluster::Start(*dir, {.ranks = 2, .rank_args = {"--drain-grace-s", "1"}});
+  auto started =
+      Cluster::Start(*dir, {.ranks = 2, .rank_args = {"--drain-grace-s", std::to_string(grace_s)}});
   ASSERT_TRUE(started.ok()) << started.status();
   Cluster& cluster = **started;
   auto client = sdk::Client::Create(cluster.router_address());
-  constexpr int kTokens = 400;  // longer than the grace
+  constexpr int kTokens = 1000;
   const v1::GenerateRequest req = MovableRequest(/*seeded=*/true, kTokens);
   auto whole = client->Generate(req, nullptr, {.timeout = absl::Seconds(120)});
   ASSERT_TRUE(whole.ok()) << whole.status();
   int drained = -1;
-  absl::Time signalled;
   Collected moved = RunInterrupted(*client, req, 10, [&] {
     drained = BusyRank(cluster, {0, 1});
-    signalled = absl::Now();
     if (drained >= 0) cluster.SignalRank(drained, SIGTERM);
   });
   ASSERT_GE(drained, 0);
   ASSERT_TRUE(moved.status.ok()) << moved.status << cluster.Logs();
   EXPECT_EQ(moved.tokens(), std::vector<int32_t>(whole->token_ids.begin(), whole->token_ids.end()));
-  // The drained rank exits by itself once its stream is handed over.
   std::optional<std::string> exited;
   for (int i = 0; i < 500 && !exited; ++i) {
     exited = cluster.CheckExited();
@@ -184,7 +191,20 @@ TEST(RankFailure, DrainedRankHandsItsStreamOverAndExits) {
   }
   ASSERT_TRUE(exited.has_value());
   EXPECT_TRUE(absl::StrContains(*exited, "exited with code 0")) << *exited;
+  const std::string logs = cluster.Logs();
+  EXPECT_EQ(absl::StrContains(logs, "moving it to another rank"), grace_s == 0) << logs;
+  EXPECT_EQ(absl::StrContains(logs, "drain grace over"), grace_s == 0) << logs;
+  // New work goes to the other rank.
+  auto after = client->Generate(IdsRequest({1, 2, 3}, 5), nullptr, {.timeout = absl::Seconds(10)});
+  EXPECT_TRUE(after.ok()) << after.status();
   EXPECT_TRUE(cluster.WaitRankIdle(1 - drained, absl::Seconds(2)).ok());
+}
+
+TEST(RankFailure, DrainedRankFinishesItsStreamThenExits) {
+  CheckRankDrain(/*grace_s=*/30);
+}
+TEST(RankFailure, DrainGraceOverHandsTheStreamToAnotherRank) {
+  CheckRankDrain(/*grace_s=*/0);
 }
 
 }  // namespace
