@@ -16,6 +16,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
+std::string TestId(int seed, const char* what) {
+  return std::string(what) + std::to_string(seed);
+}
+
 class EngineLoopTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -102,6 +106,46 @@ TEST_F(EngineLoopTest, ConcurrentRequestsGiveTheirAloneTokens) {
   const EngineLoad load = engine->Load();
   EXPECT_EQ(load.free_blocks, load.total_blocks);
   EXPECT_EQ(load.free_slots, load.total_slots);
+}
+
+// A request moved from a lost rank arrives with its output so far at the end of the prompt
+// (already_generated): the rest equals the uninterrupted run, greedy and seeded, penalties and
+// min_tokens included.
+TEST_F(EngineLoopTest, ResumedRequestContinuesTheUninterruptedRun) {
+  auto engine = MakeEngine(256, 8);
+  for (int seed : {1, 2}) {  // odd: greedy, even: seeded sampling
+    SubmitSpec whole = Spec(TestId(seed, "whole"), 9, 24, seed);
+    whole.sampling.presence_penalty = 0.6f;
+    whole.sampling.frequency_penalty = 0.3f;
+    whole.sampling.repetition_penalty = 1.2f;
+    whole.sampling.min_tokens = 16;
+    whole.sampling.stop_token_ids = {7};
+    auto ch = engine->Submit(whole);
+    ASSERT_TRUE(ch.ok()) << ch.status();
+    const auto [expected, finish] = Drain(**ch);
+    ASSERT_TRUE(finish == Finish::kLength || finish == Finish::kStopToken);
+    ASSERT_GE(expected.size(), 17u);  // min_tokens holds the stop id back
+    const int64_t n = static_cast<int64_t>(expected.size());
+    for (int64_t done : {int64_t{1}, int64_t{10}, n - 1}) {
+      SubmitSpec resumed = whole;
+      resumed.id = TestId(seed, "resumed") + std::to_string(done);
+      resumed.prompt.insert(resumed.prompt.end(), expected.begin(), expected.begin() + done);
+      resumed.already_generated = done;
+      resumed.max_tokens = 24 - done;
+      auto rch = engine->Submit(resumed);
+      ASSERT_TRUE(rch.ok()) << rch.status();
+      const auto [rest, rfinish] = Drain(**rch);
+      EXPECT_EQ(rfinish, finish);
+      EXPECT_EQ(rest, std::vector<int32_t>(expected.begin() + done, expected.end()))
+          << "seed " << seed << ", resumed after " << done;
+    }
+  }
+  SubmitSpec bad = Spec("bad", 3, 5, 1);
+  bad.already_generated = 4;
+  auto refused = engine->Submit(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("already_generated"), std::string::npos)
+      << refused.status();
 }
 
 // So few blocks that running requests must be preempted and recomputed: same tokens regardless.
