@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
   flags.Int("rank-id", &rank_id, "this rank's number, reported in its load (default 0)");
   flags.Int("drain-grace-s", &drain_grace_s,
             "on SIGTERM/SIGINT, how long open streams may finish before they end UNAVAILABLE "
-            "(default 30, Kubernetes' termination grace)");
+            "(default 30, Kubernetes' termination grace; 0 in an expert-parallel group, which "
+            "mpirun ends)");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
   if (model_dir.empty()) {
     return nextserve::cli::Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
@@ -102,6 +103,10 @@ int main(int argc, char** argv) {
   sigwait(&signals, &sig);
   // Drain: NOT_SERVING and new work refused at once, open streams finish within the grace, the
   // rest end UNAVAILABLE so that the router moves them to another rank.
+  // In an expert-parallel group the signal comes from mpirun, which kills the group shortly after
+  // (and sends it when a peer died, leaving this rank's steps stuck): hand the streams over at
+  // once.
+  if (group_size > 1) drain_grace_s = 0;
   const absl::Time grace_end = absl::Now() + absl::Seconds(drain_grace_s);
   std::fprintf(stderr, "nextserve-rank %ld: signal %d, draining (grace %lds)\n", rank_id, sig,
                drain_grace_s);

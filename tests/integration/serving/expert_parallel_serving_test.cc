@@ -83,7 +83,7 @@ TEST(ExpertParallelServing, GroupMatchesSingleRankAndFailsTogether) {
   for (auto& s : streams) {
     Collected c = Collect(*s);
     EXPECT_EQ(c.status.code(), absl::StatusCode::kUnavailable) << c.status;
-    EXPECT_LT(c.end - killed, absl::Seconds(2));
+    EXPECT_LT(c.end - killed, absl::Seconds(2)) << c.status << group.Logs();
   }
 }
 
