@@ -4,7 +4,9 @@
 // max_tokens ends it with LENGTH. A moved request (generated_tokens > 0) continues the cycle where
 // it was, as a real rank continues an uninterrupted run. It keeps the rank's bookkeeping: state
 // slots (a request waits for one), KV blocks of 16 tokens, running/waiting counts, and frees all of
-// it when a request ends, is cancelled or aborted.
+// it when a request ends, is cancelled or aborted. --group-breaks-after N scripts a broken
+// expert-parallel group: a request not moved here fails UNAVAILABLE after N tokens, as a real rank
+// does when its group fails.
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
@@ -26,8 +28,13 @@ constexpr int64_t kBlockTokens = 16;
 
 class FakeRank final : public iv1::Rank::Service {
  public:
-  FakeRank(int64_t slots, int64_t blocks, int64_t max_context, int64_t step_ms)
-      : slots_(slots), blocks_(blocks), max_context_(max_context), step_ms_(step_ms) {}
+  FakeRank(int64_t slots, int64_t blocks, int64_t max_context, int64_t step_ms,
+           int64_t group_breaks_after)
+      : slots_(slots),
+        blocks_(blocks),
+        max_context_(max_context),
+        step_ms_(step_ms),
+        group_breaks_after_(group_breaks_after) {}
 
   grpc::Status Submit(grpc::ServerContext* ctx, const iv1::SubmitRequest* req,
                       grpc::ServerWriter<iv1::SubmitResponse>* writer) override {
@@ -64,6 +71,11 @@ class FakeRank final : public iv1::Rank::Service {
     const auto& s = req->sampling();
     for (int32_t i = 0; i < req->max_tokens(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(step_ms_));
+      if (done == 0 && i == group_breaks_after_) {
+        status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "expert-parallel group failed: rank 1 stopped answering (scripted)");
+        break;
+      }
       {
         std::lock_guard g(mu_);
         if (ctx->IsCancelled() || aborted_[req->request_id()]) {
@@ -131,7 +143,7 @@ class FakeRank final : public iv1::Rank::Service {
   }
 
  private:
-  const int64_t slots_, blocks_, max_context_, step_ms_;
+  const int64_t slots_, blocks_, max_context_, step_ms_, group_breaks_after_;
   std::mutex mu_;
   std::condition_variable cv_;
   int running_ = 0, waiting_ = 0;
@@ -143,7 +155,8 @@ class FakeRank final : public iv1::Rank::Service {
 
 int main(int argc, char** argv) {
   std::string host = "127.0.0.1", model;
-  int64_t port = 0, slots = 8, blocks = 1024, max_context = 4096, step_ms = 2, rank_id = 0;
+  int64_t port = 0, slots = 8, blocks = 1024, max_context = 4096, step_ms = 2, rank_id = 0,
+          group_breaks_after = -1;
   nextserve::cli::Flags flags(
       "nextserve-fake-rank --port P [--slots N] [--kv-blocks N] [--step-ms N]");
   flags.String("host", &host, "address to listen on");
@@ -153,6 +166,8 @@ int main(int argc, char** argv) {
   flags.Int("kv-blocks", &blocks, "KV blocks of 16 tokens");
   flags.Int("max-context", &max_context, "reported max_context");
   flags.Int("step-ms", &step_ms, "milliseconds per generated token");
+  flags.Int("group-breaks-after", &group_breaks_after,
+            "a request not moved here fails UNAVAILABLE after this many tokens (-1: never)");
   flags.Int("rank-id", &rank_id, "ignored (accepted for nextserve-rank compatibility)");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok())
     return nextserve::cli::Flags::Report(s, flags);
@@ -162,7 +177,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  FakeRank service(slots, blocks, max_context, step_ms);
+  FakeRank service(slots, blocks, max_context, step_ms, group_breaks_after);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int selected = 0;

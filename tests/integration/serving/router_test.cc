@@ -340,7 +340,10 @@ bool ReadUntil(sdk::GenerateStream& stream, Collected& c, size_t n) {
   v1::GenerateResponse r;
   while (c.tokens().size() < n) {
     if (!stream.Next(&r)) return false;
-    if (r.has_delta()) c.deltas.push_back(r.delta());
+    if (r.has_delta()) {
+      c.deltas.push_back(r.delta());
+      c.delta_times.push_back(absl::Now());
+    }
     if (r.has_final()) c.final = r.final();
   }
   return true;
@@ -350,6 +353,7 @@ bool ReadUntil(sdk::GenerateStream& stream, Collected& c, size_t n) {
 void ReadRest(sdk::GenerateStream& stream, Collected& c) {
   Collected rest = Collect(stream);
   c.deltas.insert(c.deltas.end(), rest.deltas.begin(), rest.deltas.end());
+  c.delta_times.insert(c.delta_times.end(), rest.delta_times.begin(), rest.delta_times.end());
   c.final = rest.final;
   c.status = rest.status;
   c.end = rest.end;
@@ -396,6 +400,39 @@ TEST(RouterMigration, KilledRankStreamMovesWithoutGapOrDuplicate) {
   EXPECT_EQ(c.final->usage().completion_tokens(), kTokens);
   EXPECT_EQ(c.final->usage().prompt_tokens(), static_cast<int>(ids->size()));
   EXPECT_TRUE(cluster->WaitRankIdle(1 - busy, absl::Seconds(2)).ok());
+  // A figure for the record, not a check: the longest wait between two deltas (the move's stall).
+  absl::Duration stall;
+  for (size_t i = 1; i < c.delta_times.size(); ++i)
+    stall = std::max(stall, c.delta_times[i] - c.delta_times[i - 1]);
+  std::printf("longest gap between deltas across the move: %s\n",
+              absl::FormatDuration(stall).c_str());
+}
+
+// A rank whose group broke answers UNAVAILABLE (scripted here after 10 tokens): the router moves
+// the stream rather than failing it.
+TEST(RouterMigration, GroupBrokenErrorMovesTheStream) {
+  auto cluster = StartFake({.ranks = 2, .rank_args = {"--group-breaks-after", "10"}});
+  ASSERT_NE(cluster, nullptr);
+  auto client = sdk::Client::Create(cluster->router_address());
+  const std::vector<int32_t> prompt = {21, 22, 23};
+  Collected c = Collect(*client->StartGenerate(IdsRequest(prompt, 60)));
+  ASSERT_TRUE(c.status.ok()) << c.status << cluster->Logs();
+  EXPECT_EQ(c.tokens(), Cycle(prompt, 60));
+  EXPECT_TRUE(absl::StrContains(cluster->Logs(), "moving it to another rank after 10 tokens"))
+      << cluster->Logs();
+}
+
+// Broken before its first token: retried once on the other rank, then UNAVAILABLE, never INTERNAL.
+TEST(RouterMigration, GroupBrokenBeforeTheFirstTokenIsRetriedThenUnavailable) {
+  auto cluster = StartFake({.ranks = 2, .rank_args = {"--group-breaks-after", "0"}});
+  ASSERT_NE(cluster, nullptr);
+  auto client = sdk::Client::Create(cluster->router_address());
+  Collected c = Collect(*client->StartGenerate(IdsRequest({21, 22, 23}, 20)));
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kUnavailable) << c.status;
+  EXPECT_TRUE(absl::StrContains(c.status.message(), "expert-parallel group failed")) << c.status;
+  EXPECT_TRUE(c.tokens().empty());
+  EXPECT_TRUE(absl::StrContains(cluster->Logs(), "moving it to another rank after 0 tokens"))
+      << cluster->Logs();
 }
 
 TEST(RouterMigration, GivesUpUnavailableAfterMaxMoves) {
