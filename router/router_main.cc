@@ -27,8 +27,8 @@ using nextserve::cli::Flags;
 int Run(int argc, char** argv) {
   std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
   int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
-          probe_timeout_ms = 1000, drain_grace_s = 30, max_moves = 3, http_port = -1,
-          http_threads = 2;
+          probe_timeout_ms = 1000, fail_after_probes = 3, fail_after_ms = 5000, drain_grace_s = 30,
+          max_moves = 3, http_port = -1, http_threads = 2;
   std::string http_host;
   Flags flags(
       "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] "
@@ -45,7 +45,12 @@ int Run(int argc, char** argv) {
             "requests sent to a rank beyond its state slots (-1: as many as it has slots)");
   flags.Int("poll-ms", &poll_ms, "how often each rank's load is polled");
   flags.Int("probe-timeout-ms", &probe_timeout_ms,
-            "a rank that does not answer a poll this fast is unhealthy");
+            "a rank that does not answer a poll this fast is suspect: no new work, streams kept");
+  flags.Int("fail-after-probes", &fail_after_probes,
+            "a suspect rank is down (its streams end UNAVAILABLE) after this many missed polls in "
+            "a row...");
+  flags.Int("fail-after-ms", &fail_after_ms,
+            "...and no answer for this long (a broken connection is down at once)");
   flags.Int("http-port", &http_port,
             "OpenAI-compatible HTTP port (/v1/chat/completions, /v1/completions, /v1/models, "
             "/health); 0: any free port; -1 (default): off");
@@ -74,9 +79,11 @@ int Run(int argc, char** argv) {
     return Flags::Report(absl::InvalidArgumentError("--drain-grace-s and --max-moves must be >= 0"),
                          flags);
   }
-  if (poll_ms < 1 || probe_timeout_ms < 1) {
-    return Flags::Report(
-        absl::InvalidArgumentError("--poll-ms and --probe-timeout-ms must be >= 1"), flags);
+  if (poll_ms < 1 || probe_timeout_ms < 1 || fail_after_probes < 1 || fail_after_ms < 0) {
+    return Flags::Report(absl::InvalidArgumentError(
+                             "--poll-ms, --probe-timeout-ms and --fail-after-probes must be >= 1, "
+                             "--fail-after-ms >= 0"),
+                         flags);
   }
 
   // gRPC 1.51 notices a reconnection to a rank that came back only when some thread polls; its
@@ -97,10 +104,13 @@ int Run(int argc, char** argv) {
   }
   if (!model_name.empty()) model->name = model_name;
 
-  nextserve::router::RankPool pool(ranks, {.poll_interval = absl::Milliseconds(poll_ms),
-                                           .probe_timeout = absl::Milliseconds(probe_timeout_ms),
-                                           .max_queue = static_cast<int>(max_queue),
-                                           .rank_queue_depth = static_cast<int>(rank_queue_depth)});
+  nextserve::router::RankPool pool(ranks,
+                                   {.poll_interval = absl::Milliseconds(poll_ms),
+                                    .probe_timeout = absl::Milliseconds(probe_timeout_ms),
+                                    .fail_after_missed_probes = static_cast<int>(fail_after_probes),
+                                    .fail_after = absl::Milliseconds(fail_after_ms),
+                                    .max_queue = static_cast<int>(max_queue),
+                                    .rank_queue_depth = static_cast<int>(rank_queue_depth)});
   nextserve::router::InferenceService service(*model, pool,
                                               {.max_moves = static_cast<int>(max_moves)});
 

@@ -158,13 +158,11 @@ grpc::Status RankService::Abort(grpc::ServerContext*, const pb::AbortRequest* re
   return grpc::Status::OK;
 }
 
-grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*,
-                                  pb::LoadReport* response) {
-  {
-    // Still answered, so that the router keeps the streams open here; it only sends no new work.
-    std::lock_guard lock(drain_mu_);
-    response->set_draining(draining_);
-  }
+grpc::ServerUnaryReactor* RankService::GetLoad(grpc::CallbackServerContext* context,
+                                               const pb::LoadRequest*, pb::LoadReport* response) {
+  // Still answered while draining, so that the router keeps the streams open here and only sends
+  // no new work.
+  response->set_draining(draining_.load());
   const EngineLoad load = engine_->Load();
   response->set_running(static_cast<int32_t>(load.running));
   response->set_waiting(static_cast<int32_t>(load.waiting));
@@ -175,7 +173,9 @@ grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*,
   response->set_kv_block_tokens(load.block_tokens);
   response->set_max_context(load.max_context);
   response->set_rank(rank_id_);
-  return grpc::Status::OK;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 }  // namespace nextserve::worker

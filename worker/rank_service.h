@@ -1,8 +1,12 @@
 // nextserve.internal.v1.Rank over gRPC: bridges Submit streams, Abort and GetLoad to the Engine.
+// Submit and Abort are sync methods (a thread per stream); GetLoad is a callback method, answered
+// on gRPC's own threads from the engine's published snapshot, so a probe never queues behind the
+// streams or waits on a step.
 // Drain (SIGTERM): new Submits are refused with UNAVAILABLE, open streams may finish, and what is
 // left when the grace ends is cut with UNAVAILABLE so that the router moves it to another rank.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -14,7 +18,8 @@
 
 namespace nextserve::worker {
 
-class RankService final : public nextserve::internal::v1::Rank::Service {
+class RankService final : public nextserve::internal::v1::Rank::WithCallbackMethod_GetLoad<
+                              nextserve::internal::v1::Rank::Service> {
  public:
   RankService(Engine* engine, int32_t rank_id) : engine_(engine), rank_id_(rank_id) {}
 
@@ -22,8 +27,9 @@ class RankService final : public nextserve::internal::v1::Rank::Service {
                       grpc::ServerWriter<internal::v1::SubmitResponse>* writer) override;
   grpc::Status Abort(grpc::ServerContext* context, const internal::v1::AbortRequest* request,
                      internal::v1::AbortResponse* response) override;
-  grpc::Status GetLoad(grpc::ServerContext* context, const internal::v1::LoadRequest* request,
-                       internal::v1::LoadReport* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
+                                    const internal::v1::LoadRequest* request,
+                                    internal::v1::LoadReport* response) override;
 
   // From now on Submit answers UNAVAILABLE (marked draining) and GetLoad reports draining.
   void StartDrain();
@@ -42,7 +48,7 @@ class RankService final : public nextserve::internal::v1::Rank::Service {
   mutable std::mutex drain_mu_;
   std::condition_variable drain_cv_;  // a stream closed
   int open_streams_ = 0;
-  bool draining_ = false;
+  std::atomic<bool> draining_{false};  // set under drain_mu_; GetLoad reads it without the lock
   bool cut_ = false;
 };
 
