@@ -77,8 +77,9 @@ TEST(SlowRank, StoppedRankGetsNoNewWorkKeepsStreamsUntilDetectionThenRejoins) {
   auto started = Cluster::Start(
       *dir, {.ranks = 2,
              .rank_args = {"--kv-blocks", "256", "--state-slots", "8"},
+             // Without moves, so that the stopped rank's streams end (moves: rank_failure_test).
              .router_args = {"--poll-ms", "100", "--probe-timeout-ms", "300", "--fail-after-probes",
-                             "3", "--fail-after-ms", "3000"}});
+                             "3", "--fail-after-ms", "3000", "--max-moves", "0"}});
   ASSERT_TRUE(started.ok()) << started.status();
   Cluster& cluster = **started;
   auto client = sdk::Client::Create(cluster.router_address());
