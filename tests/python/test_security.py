@@ -173,3 +173,20 @@ def test_bad_security_flags_exit_with_a_clear_error(secure, flags, message):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr, out.stderr
+
+
+def test_the_cli_speaks_tls_and_keys(secure):
+    args = [str(BIN / "nextserve"), "generate", "--addr", secure["address"], "--prompt", "hello",
+            "--max-tokens", "3", "--temperature", "0", "--ignore-eos",
+            "--tls-ca", str(secure["dir"] / "ca.pem"), "--tls-server-name", "localhost"]
+    ok = subprocess.run(args + ["--api-key", KEY_B], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "completion" in ok.stderr or ok.stdout, ok
+    import os
+
+    env = {**os.environ, "NEXTSERVE_API_KEY": KEY_B}
+    assert subprocess.run(args, capture_output=True, text=True, timeout=60, env=env).returncode == 0
+    bad = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "NEXTSERVE_API_KEY"})
+    assert bad.returncode != 0
+    assert "API key" in bad.stderr, bad.stderr
