@@ -14,7 +14,8 @@ namespace {
 // by room, and a woken head checks its client first).
 constexpr absl::Duration kCancelSweep = absl::Milliseconds(50);
 
-std::shared_ptr<grpc::Channel> RankChannel(const std::string& address) {
+std::shared_ptr<grpc::Channel> RankChannel(const std::string& address,
+                                           std::shared_ptr<grpc::ChannelCredentials> credentials) {
   grpc::ChannelArguments args;
   // Re-probe a rank that went away within about a second of it coming back.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -23,7 +24,8 @@ std::shared_ptr<grpc::Channel> RankChannel(const std::string& address) {
   args.SetMaxSendMessageSize(64 << 20);
   // One connection per rank even when several pools in a process talk to it (tests, bench).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(
+      address, credentials ? std::move(credentials) : grpc::InsecureChannelCredentials(), args);
 }
 
 }  // namespace
@@ -47,7 +49,7 @@ RankPool::RankPool(std::vector<std::string> addresses, RankPoolOptions options)
   for (std::string& address : addresses) {
     auto rank = std::make_unique<Rank>();
     rank->address = std::move(address);
-    rank->channel = RankChannel(rank->address);
+    rank->channel = RankChannel(rank->address, options_.credentials);
     rank->stub = internal::v1::Rank::NewStub(rank->channel);
     ranks_.push_back(std::move(rank));
   }

@@ -39,6 +39,8 @@ struct RankPoolOptions {
   // Requests sent to a rank beyond its state slots (they wait in the rank's own queue);
   // -1: as many as it has state slots.
   int rank_queue_depth = -1;
+  // How the router connects to ranks (TLS for the internal port); null: insecure.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 class RankPool;

@@ -10,9 +10,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cli/flags.h"
+#include "cli/tls.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "router/api_keys.h"
 #include "router/http_server.h"
 #include "router/model_spec.h"
 #include "router/openai_frontend.h"
@@ -29,7 +31,8 @@ int Run(int argc, char** argv) {
   int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
           probe_timeout_ms = 1000, fail_after_probes = 3, fail_after_ms = 5000, drain_grace_s = 30,
           max_moves = 3, http_port = -1, http_threads = 2;
-  std::string http_host;
+  std::string http_host, api_keys_file;
+  nextserve::cli::TlsFiles public_tls, rank_tls;
   Flags flags(
       "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] "
       "[--max-queue N]");
@@ -56,6 +59,15 @@ int Run(int argc, char** argv) {
             "/health); 0: any free port; -1 (default): off");
   flags.String("http-host", &http_host, "address for the HTTP port (default: --host)");
   flags.Int("http-threads", &http_threads, "I/O threads for the HTTP port (default 2)");
+  nextserve::cli::AddTlsFlags(flags, "tls", "the public gRPC port (with -ca: mutual TLS)",
+                              &public_tls);
+  nextserve::cli::AddTlsFlags(flags, "rank-tls",
+                              "the router's channels to the ranks (-ca verifies them; -cert/-key "
+                              "is the router's client certificate)",
+                              &rank_tls);
+  flags.String("api-keys-file", &api_keys_file,
+               "API keys, one per line: KEY [label=NAME] [max_in_flight=N]; also read from "
+               "$NEXTSERVE_API_KEYS (KEY[:N],...). With any key, every public call needs one");
   flags.Int("drain-grace-s", &drain_grace_s,
             "on SIGTERM/SIGINT, how long requests in flight may finish before they end UNAVAILABLE "
             "(default 30, Kubernetes' termination grace)");
@@ -104,22 +116,40 @@ int Run(int argc, char** argv) {
   }
   if (!model_name.empty()) model->name = model_name;
 
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> public_credentials =
+      nextserve::cli::ServerCredentials(public_tls);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> rank_credentials =
+      nextserve::cli::ChannelCredentials(rank_tls);
+  absl::StatusOr<std::unique_ptr<nextserve::router::ApiKeys>> api_keys =
+      nextserve::router::ApiKeys::Load(api_keys_file, "NEXTSERVE_API_KEYS");
+  for (const absl::Status& s :
+       {public_credentials.status(), rank_credentials.status(), api_keys.status()}) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "nextserve-router: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  if ((*api_keys)->enabled()) {
+    std::fprintf(stderr, "nextserve-router: %zu API keys loaded; every public call needs one\n",
+                 (*api_keys)->size());
+  }
+
   nextserve::router::RankPool pool(ranks,
                                    {.poll_interval = absl::Milliseconds(poll_ms),
                                     .probe_timeout = absl::Milliseconds(probe_timeout_ms),
                                     .fail_after_missed_probes = static_cast<int>(fail_after_probes),
                                     .fail_after = absl::Milliseconds(fail_after_ms),
                                     .max_queue = static_cast<int>(max_queue),
-                                    .rank_queue_depth = static_cast<int>(rank_queue_depth)});
-  nextserve::router::InferenceService service(*model, pool,
-                                              {.max_moves = static_cast<int>(max_moves)});
+                                    .rank_queue_depth = static_cast<int>(rank_queue_depth),
+                                    .credentials = *rank_credentials});
+  nextserve::router::InferenceService service(
+      *model, pool, {.api_keys = api_keys->get(), .max_moves = static_cast<int>(max_moves)});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
-                           &selected_port);
+  builder.AddListeningPort(absl::StrCat(host, ":", port), *public_credentials, &selected_port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(16 << 20);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
@@ -144,7 +174,8 @@ int Run(int argc, char** argv) {
   std::unique_ptr<nextserve::router::HttpServer> http;
   if (http_port >= 0) {
     openai = std::make_unique<nextserve::router::OpenAiFrontend>(
-        server->InProcessChannel(grpc::ChannelArguments()), *model->tokenizer, model->name);
+        server->InProcessChannel(grpc::ChannelArguments()), *model->tokenizer, model->name,
+        [&pool] { return pool.healthy_count(); });
     absl::StatusOr<std::unique_ptr<nextserve::router::HttpServer>> started =
         nextserve::router::HttpServer::Start(
             {.host = http_host.empty() ? host : http_host,

@@ -16,6 +16,7 @@
 
 #include "absl/time/time.h"
 #include "nextserve/v1/inference.grpc.pb.h"
+#include "router/api_keys.h"
 #include "router/model_spec.h"
 #include "router/rank_pool.h"
 #include "router/request.h"
@@ -24,6 +25,7 @@ namespace nextserve::router {
 
 struct ServiceOptions {
   RequestLimits limits;
+  ApiKeys* api_keys = nullptr;  // not owned; null or empty: every call is admitted
   absl::Duration watch_interval = absl::Milliseconds(5);
   // How many times one request that already streamed tokens may move to another rank after its
   // rank is lost; one more loss ends it with UNAVAILABLE.
@@ -65,6 +67,7 @@ class InferenceService final : public v1::Inference::Service {
                     const ResolvedRequest& request, const std::string& request_id,
                     const RankLease& lease, Progress& progress);
   void WatchLoop();
+  absl::StatusOr<ApiKeys::Lease> Authorize(const grpc::ServerContext& ctx);
 
   const ModelSpec& model_;
   RankPool& pool_;

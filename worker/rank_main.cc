@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "cli/flags.h"
+#include "cli/tls.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -44,6 +45,11 @@ int main(int argc, char** argv) {
             "on SIGTERM/SIGINT, how long open streams may finish before they end UNAVAILABLE "
             "(default 30, Kubernetes' termination grace; 0 in an expert-parallel group, which "
             "mpirun ends)");
+  nextserve::cli::TlsFiles tls;
+  nextserve::cli::AddTlsFlags(flags, "tls",
+                              "the internal port (with -ca: only clients with a certificate it "
+                              "signed, i.e. routers, may call)",
+                              &tls);
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
   if (model_dir.empty()) {
     return nextserve::cli::Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
@@ -55,6 +61,12 @@ int main(int argc, char** argv) {
             "--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
             "--max-running must be positive (--drain-grace-s >= 0)"),
         flags);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      nextserve::cli::ServerCredentials(tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(credentials.status().message()).c_str());
+    return 2;
   }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 
@@ -87,8 +99,7 @@ int main(int argc, char** argv) {
   int bound_port = 0;
   // In a group, rank r takes --port + r (gRPC would let them share one port with SO_REUSEPORT).
   const int64_t listen_port = port == 0 ? 0 : port + (group_size > 1 ? rank_id : 0);
-  builder.AddListeningPort(absl::StrCat(host, ":", listen_port), grpc::InsecureServerCredentials(),
-                           &bound_port);
+  builder.AddListeningPort(absl::StrCat(host, ":", listen_port), *credentials, &bound_port);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
