@@ -3,7 +3,11 @@
 // a bounded time and the supervisor restarts it on its port. Every stream must end with a Final or
 // UNAVAILABLE naming what was lost, well within its deadline; the router keeps serving and takes
 // each restarted rank back; afterwards both ranks take work and free every KV block and state slot.
+// Also: a rank that cannot start again crash-loops with a capped, logged backoff, then recovers.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <map>
@@ -215,6 +219,80 @@ TEST(Chaos, RanksKilledAndRestartedUnderLoad) {
     absl::Status idle = cluster.WaitRankIdle(i, absl::Seconds(10));
     EXPECT_TRUE(idle.ok()) << idle;
   }
+}
+
+// A rank that cannot start again (its port is taken) crash-loops: the supervisor's wait doubles
+// up to the cap and each death is logged as a crash loop, while the router serves on the other
+// rank; once the port is free the rank comes back and the router takes it again.
+TEST(Chaos, CrashLoopBacksOffUpToTheCapAndRecovers) {
+  absl::StatusOr<std::string> dir = TestModelDir();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  auto log = std::make_shared<SupervisorLog>();
+  auto started = Cluster::Start(*dir, {.ranks = kRanks,
+                                       .rank_args = {"--kv-blocks", "64", "--state-slots", "4"},
+                                       .router_args = {},
+                                       .start_timeout = absl::Seconds(60),
+                                       .restart = {.enabled = true,
+                                                   .initial_backoff = absl::Milliseconds(200),
+                                                   .max_backoff = absl::Seconds(1),
+                                                   .stable_after = absl::Seconds(30),
+                                                   .log = [log](const std::string& line) {
+                                                     std::fprintf(stderr, "%s\n", line.c_str());
+                                                     std::lock_guard lock(log->mu);
+                                                     log->lines.push_back(line);
+                                                   }}});
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& cluster = **started;
+  auto client = sdk::Client::Create(cluster.router_address());
+  const std::string address = cluster.rank_address(0);
+  const int port = std::stoi(address.substr(address.rfind(':') + 1));
+
+  // Kill rank 0 and take its port: every restart fails at once.
+  cluster.KillRank(0);
+  const int squatter = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(squatter, 0);
+  const int one = 1;
+  setsockopt(squatter, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(bind(squatter, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << errno;
+  ASSERT_EQ(listen(squatter, 16), 0);
+
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (log->Count("restarting it in") < 6 && absl::Now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Meanwhile the other rank serves.
+  auto result = client->Generate(IdsRequest({1, 2, 3}, 4), nullptr, {.timeout = absl::Seconds(30)});
+  EXPECT_TRUE(result.ok()) << result.status();
+  close(squatter);
+
+  std::vector<std::string> waits;
+  {
+    std::lock_guard lock(log->mu);
+    for (const std::string& line : log->lines) {
+      const size_t at = line.find("restarting it in ");
+      if (at == std::string::npos) continue;
+      EXPECT_TRUE(absl::StrContains(line, address)) << line;
+      const size_t from = at + std::string("restarting it in ").size();
+      waits.push_back(line.substr(from, line.find(' ', from) - from));
+      // From the second quick death on, the line says it is a crash loop.
+      EXPECT_EQ(absl::StrContains(line, "crash loop"), waits.size() >= 2) << line;
+      if (waits.size() >= 2) {
+        EXPECT_TRUE(absl::StrContains(line, "exited with code 1")) << line;
+      }
+    }
+  }
+  ASSERT_GE(waits.size(), 6u);
+  const std::vector<std::string> expected = {"200ms", "400ms", "800ms", "1s", "1s", "1s"};
+  EXPECT_EQ(std::vector<std::string>(waits.begin(), waits.begin() + 6), expected);
+
+  // The port is free again: the next restart sticks and the router takes the rank back.
+  ASSERT_TRUE(WaitRouterSees(*client, kRanks, absl::Seconds(15))) << cluster.Logs();
+  EXPECT_GE(log->Count("is serving again"), 1);
+  EXPECT_TRUE(cluster.WaitRankIdle(0, absl::Seconds(5)).ok());
+  EXPECT_TRUE(cluster.WaitRankIdle(1, absl::Seconds(5)).ok());
 }
 
 }  // namespace
