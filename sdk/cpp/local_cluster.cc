@@ -100,7 +100,7 @@ std::optional<int> LocalCluster::ReapIfExited(Child& child) {
   if (child.pid <= 0) return std::nullopt;
   siginfo_t info{};
   // WNOWAIT: the zombie keeps the pid (and so the process group id) reserved while we kill what
-  // is left in its group -- e.g. ranks of an mpirun that was killed itself.
+  // it left in its group. (OpenMPI gives each rank its own group; they end with their mpirun.)
   if (waitid(P_PID, child.pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0)
     return std::nullopt;
   kill(-child.pid, SIGKILL);
@@ -215,7 +215,6 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(LocalClusterOp
 
   const absl::Time deadline = absl::Now() + options.start_timeout;
   for (Child& rank : c->ranks_) {
-    if (rank.argv.empty()) continue;  // expert-parallel: started by ranks_[0]'s mpirun
     if (absl::Status s = c->WaitServing(rank, deadline); !s.ok()) return s;
   }
   if (absl::Status s = c->WaitServing(c->router_, deadline); !s.ok()) return s;
@@ -395,7 +394,7 @@ void LocalCluster::KillRank(int i) {
   std::lock_guard lock(mu_);
   Child& c = options_.expert_parallel ? ranks_[0] : ranks_[i];
   if (c.pid <= 0) return;
-  kill(-c.pid, SIGKILL);  // the group: an expert-parallel mpirun's ranks too
+  kill(-c.pid, SIGKILL);  // its process group; mpirun's ranks (own groups) end when it is gone
   ReapIfExited(c);
   while (c.pid > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
