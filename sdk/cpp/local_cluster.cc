@@ -10,7 +10,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -25,6 +27,45 @@ std::string Describe(int status) {
   if (WIFEXITED(status)) return absl::StrCat("exited with code ", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
   return "stopped";
+}
+
+// A process as /proc shows it: its parent, state letter and start time (which tells a reused pid).
+struct ProcInfo {
+  pid_t ppid = -1;
+  char state = '?';
+  std::string start_time;
+};
+
+std::optional<ProcInfo> ReadProc(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos || close + 2 >= stat.size()) return std::nullopt;
+  std::istringstream fields(stat.substr(close + 2));
+  std::vector<std::string> f;
+  for (std::string field; fields >> field && f.size() < 20;) f.push_back(field);
+  if (f.size() < 20) return std::nullopt;
+  return ProcInfo{.ppid = std::atoi(f[1].c_str()), .state = f[0][0], .start_time = f[19]};
+}
+
+// The processes whose parent is `parent`, with their start times.
+std::vector<std::pair<pid_t, std::string>> ChildrenOf(pid_t parent) {
+  std::vector<std::pair<pid_t, std::string>> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = std::atoi(name.c_str());
+    if (std::optional<ProcInfo> p = ReadProc(pid); p.has_value() && p->ppid == parent)
+      out.emplace_back(pid, p->start_time);
+  }
+  return out;
+}
+
+// Still running (not gone, not a zombie) and the same process (same start time).
+bool StillRunning(pid_t pid, const std::string& start_time) {
+  std::optional<ProcInfo> p = ReadProc(pid);
+  return p.has_value() && p->start_time == start_time && p->state != 'Z' && p->state != 'X';
 }
 
 }  // namespace
@@ -321,6 +362,13 @@ void LocalCluster::Supervise() {
 
 void LocalCluster::StopGroup(const std::vector<Child*>& group) {
   std::lock_guard lock(mu_);
+  // What the children started: mpirun's ranks have process groups of their own and may still be
+  // exiting when mpirun is gone; waited for below, so that nothing outlives Stop().
+  std::vector<std::pair<pid_t, std::string>> grandchildren;
+  for (Child* c : group) {
+    if (c->pid <= 0) continue;
+    for (auto& g : ChildrenOf(c->pid)) grandchildren.push_back(std::move(g));
+  }
   for (Child* c : group) {
     if (c->pid > 0) {
       kill(c->pid, SIGCONT);  // in case it was stopped
@@ -344,6 +392,16 @@ void LocalCluster::StopGroup(const std::vector<Child*>& group) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     c->restart_at = absl::InfinitePast();
+  }
+  for (const auto& [pid, start_time] : grandchildren) {
+    while (StillRunning(pid, start_time)) {
+      if (absl::Now() > deadline) {
+        std::fprintf(stderr, "process %d (started by a child) did not stop; killing it\n", pid);
+        kill(pid, SIGKILL);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
 }
 

@@ -69,7 +69,8 @@ class LocalCluster {
 
   // The supervisor first (nothing is restarted from here on), then the router (so that its
   // clients get a clean end and it does not see its ranks go), then the ranks together. Each
-  // child's process group is killed once the child is gone: nothing is left behind.
+  // child's process group is killed once the child is gone, and the processes it started (an
+  // mpirun's ranks) are waited for (SIGKILL past the grace): nothing is left behind.
   void Stop();
 
   const std::string& router_address() const { return router_.address; }
