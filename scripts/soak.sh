@@ -32,7 +32,7 @@ done
 args=("$@")
 if [ "$has_csv" = 0 ]; then
   csv="build/soak/soak-$(date -u +%Y%m%dT%H%M%SZ).csv"
-  args+=(--csv "$csv")
+  args+=(--csv "$csv" --log-dir "${csv%.csv}-logs")
   echo "soak: samples in $csv" >&2
 fi
 # Bounded: the driver stops its load at --duration-s; this is a backstop if anything hangs.

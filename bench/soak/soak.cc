@@ -81,6 +81,7 @@ absl::StatusOr<internal::v1::LoadReport> RankLoad(const std::string& address) {
 struct Outcomes {
   std::mutex mu;
   std::map<std::string, int64_t> by_code;  // "OK", "UNAVAILABLE", ...
+  std::map<std::string, int64_t> errors;   // the message of each failure (not client cancels)
   int64_t tokens = 0;
 };
 
@@ -88,7 +89,7 @@ int Run(int argc, char** argv) {
   std::string model = (std::filesystem::path(ExecutableDir()) / ".." / "models" / "tiny")
                           .lexically_normal()
                           .string();
-  std::string csv_path;
+  std::string csv_path, log_dir;
   int64_t duration_s = 1800, sample_s = 30, streams = 4, ranks = 2, max_tokens = 64,
           max_prompt = 256, pause_ms = 250;
   cli::Flags flags("soak [--duration-s 1800] [--streams 4] [--ranks 2] [--sample-s 30] ...");
@@ -101,6 +102,9 @@ int Run(int argc, char** argv) {
   flags.Int("max-prompt", &max_prompt, "longest prompt in tokens; each has 1..this (default 256)");
   flags.Int("pause-ms", &pause_ms,
             "each stream waits this long before its next request (default 250)");
+  flags.String("log-dir", &log_dir,
+               "the children's logs, kept (default: a temporary folder, removed unless a stream "
+               "failed)");
   flags.String("csv", &csv_path, "also write the samples here (default: stdout only)");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return cli::Flags::Report(s, flags);
   if (duration_s < 1 || sample_s < 1 || streams < 1 || ranks < 1 || max_tokens < 16 ||
@@ -110,8 +114,11 @@ int Run(int argc, char** argv) {
                               flags);
   }
 
-  const std::string log_dir =
-      (std::filesystem::temp_directory_path() / absl::StrCat("nextserve_soak_", getpid())).string();
+  const bool keep_logs = !log_dir.empty();
+  if (log_dir.empty()) {
+    log_dir = (std::filesystem::temp_directory_path() / absl::StrCat("nextserve_soak_", getpid()))
+                  .string();
+  }
   std::filesystem::create_directories(log_dir);
   auto cluster = sdk::LocalCluster::Start({
       .bin_dir = ExecutableDir(),
@@ -180,6 +187,11 @@ int Run(int argc, char** argv) {
         {
           std::lock_guard lock(outcomes.mu);
           ++outcomes.by_code[absl::StatusCodeToString(result.status().code())];
+          if (!result.ok() && result.status().code() != absl::StatusCode::kCancelled) {
+            ++outcomes.errors[absl::StrCat(
+                absl::FormatTime("%H:%M:%S ", absl::Now(), absl::LocalTimeZone()),
+                result.status().ToString())];
+          }
           outcomes.tokens += tokens;
         }
         for (absl::Time until = absl::Now() + absl::Milliseconds(pause_ms);
@@ -247,10 +259,12 @@ int Run(int argc, char** argv) {
   }
   std::string codes;
   int64_t tokens = 0;
+  std::map<std::string, int64_t> errors;
   {
     std::lock_guard lock(outcomes.mu);
     for (const auto& [code, n] : outcomes.by_code) absl::StrAppend(&codes, code, " ", n, "  ");
     tokens = outcomes.tokens;
+    errors = outcomes.errors;
   }
   std::fprintf(stderr, "  streams: %s| %lld tokens, %.1f tokens/s | restarts: router %d",
                codes.c_str(), static_cast<long long>(tokens),
@@ -258,10 +272,20 @@ int Run(int argc, char** argv) {
   for (int i = 0; i < ranks; ++i)
     std::fprintf(stderr, ", rank%d %d", i, (*cluster)->rank_restarts(i));
   std::fprintf(stderr, "\n");
+  int shown = 0;
+  for (const auto& [message, n] : errors) {
+    if (++shown > 20) break;
+    std::fprintf(stderr, "  failed: %s%s\n", message.c_str(),
+                 n > 1 ? absl::StrCat(" (x", n, ")").c_str() : "");
+  }
   if (csv != nullptr) std::fclose(csv);
   (*cluster)->Stop();
-  std::error_code ec;
-  std::filesystem::remove_all(log_dir, ec);
+  if (keep_logs || !errors.empty()) {
+    std::fprintf(stderr, "  the children's logs: %s\n", log_dir.c_str());
+  } else {
+    std::error_code ec;
+    std::filesystem::remove_all(log_dir, ec);
+  }
   return 0;
 }
 
