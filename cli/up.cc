@@ -1,6 +1,9 @@
 // `nextserve up`: a router and N ranks on this machine (sdk::LocalCluster). Waits until the router
-// sees every rank, then until Ctrl-C / SIGTERM or a child exits, and stops them all in order.
-// The children die with this process even if it is killed, so nothing is left behind.
+// sees every rank, then supervises them until Ctrl-C / SIGTERM: a child that dies is restarted on
+// its port with capped backoff (expert-parallel: the whole mpirun group, whose communicator is
+// broken), while the router serves on the other ranks and takes it back once it answers. Then
+// stops them in order, router first. The children die with this process even if it is killed,
+// so nothing is left behind.
 #include <signal.h>
 
 #include <cstdio>
@@ -9,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "cli/flags.h"
 #include "cli/serving_commands.h"
 #include "sdk/cpp/local_cluster.h"
@@ -22,6 +26,13 @@ std::string ExecutableDir() {
   return ec ? std::string(".") : self.parent_path().string();
 }
 
+// One line on stderr, with the time: the supervisor's deaths and restarts read as a timeline.
+void Say(const std::string& line) {
+  std::fprintf(stderr, "%s nextserve up: %s\n",
+               absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()).c_str(),
+               line.c_str());
+}
+
 }  // namespace
 
 int Up(int argc, char** argv) {
@@ -31,7 +42,7 @@ int Up(int argc, char** argv) {
                           .string();
   std::string host = "127.0.0.1";
   int64_t ranks = 1, port = 8000, threads = 0, kv_blocks = 0, state_slots = 0, max_batch_tokens = 0,
-          max_queue = 256, timeout_s = 300;
+          max_queue = 256, timeout_s = 300, max_restart_backoff_s = 30, drain_grace_s = -1;
   Flags flags("nextserve up [--model DIR] [--ranks N] [--port P] [--host H] [--threads N] ...");
   flags.String(
       "model", &model,
@@ -50,7 +61,16 @@ int Up(int argc, char** argv) {
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default: the rank's)");
   flags.Int("max-queue", &max_queue, "requests that may wait in the router (default 256)");
   flags.Int("timeout-s", &timeout_s, "how long to wait for everything to be ready (default 300)");
+  flags.Int("max-restart-backoff-s", &max_restart_backoff_s,
+            "a child that keeps dying is restarted after 0.5 s, then twice as long each time, up "
+            "to this (default 30)");
+  flags.Int("drain-grace-s", &drain_grace_s,
+            "passed to the router and the ranks: on Ctrl-C / SIGTERM, how long streams in flight "
+            "may finish (default: theirs)");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
+  if (max_restart_backoff_s < 1) {
+    return Flags::Report(absl::InvalidArgumentError("--max-restart-backoff-s must be >= 1"), flags);
+  }
   if (ranks < 1 || ranks > 64)
     return Flags::Report(absl::InvalidArgumentError("--ranks must be in [1, 64]"), flags);
   if (mode != "expert-parallel" && mode != "replicas") {
@@ -91,9 +111,20 @@ int Up(int argc, char** argv) {
       .rank_env = {absl::StrCat("OMP_NUM_THREADS=", threads)},
       .log_dir = "",
       .start_timeout = absl::Seconds(timeout_s),
-      .stop_grace = absl::Seconds(10),
+      // Time for the router's and then the ranks' drain (their default grace is 30 s), then
+      // SIGKILL; a second Ctrl-C kills at once.
+      .stop_grace = absl::Seconds((drain_grace_s >= 0 ? drain_grace_s : 30) + 10),
       .cancelled = nullptr,
+      .restart = {.enabled = true,
+                  .initial_backoff = absl::Milliseconds(500),
+                  .max_backoff = absl::Seconds(max_restart_backoff_s),
+                  .stable_after = absl::Seconds(30),
+                  .log = [](const std::string& line) { Say(line); }},
   };
+  if (drain_grace_s >= 0) {
+    for (auto* args : {&options.rank_args, &options.router_args})
+      args->insert(args->end(), {"--drain-grace-s", std::to_string(drain_grace_s)});
+  }
   if (kv_blocks > 0)
     options.rank_args.insert(options.rank_args.end(), {"--kv-blocks", std::to_string(kv_blocks)});
   if (state_slots > 0)
@@ -119,25 +150,20 @@ int Up(int argc, char** argv) {
       "nextserve up: router at %s, %lld rank%s, model %s (ready in %.1f s). Ctrl-C stops.\n",
       (*cluster)->router_address().c_str(), static_cast<long long>(ranks), ranks == 1 ? "" : "s",
       model.c_str(), absl::ToDoubleSeconds(absl::Now() - start));
+  for (int i = 0; i < (*cluster)->num_ranks(); ++i)
+    std::printf("nextserve up: rank%d at %s\n", i, (*cluster)->rank_address(i).c_str());
   std::fflush(stdout);
 
-  int exit_code = 0;
+  // The supervisor (a thread of the cluster) restarts what dies; this thread waits for a signal.
   for (;;) {
-    timespec tick{0, 100 * 1000 * 1000};
     siginfo_t info;
-    const int sig = sigtimedwait(&signals, &info, &tick);
-    if (sig == SIGINT || sig == SIGTERM) {
-      std::fprintf(stderr, "\nnextserve up: stopping\n");
-      break;
-    }
-    if (std::optional<std::string> exited = (*cluster)->CheckExited()) {
-      std::fprintf(stderr, "nextserve up: %s; stopping\n", exited->c_str());
-      exit_code = 1;
-      break;
-    }
+    const int sig = sigwaitinfo(&signals, &info);
+    if (sig == SIGINT || sig == SIGTERM) break;
   }
+  Say("stopping (router first, then the ranks; Ctrl-C again to kill them now)");
   (*cluster)->Stop();
-  return exit_code;
+  Say("stopped");
+  return 0;
 }
 
 }  // namespace nextserve::cli

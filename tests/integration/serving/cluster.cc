@@ -157,6 +157,8 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const std::string& model
       .log_dir = c->log_dir_,
       .start_timeout = options.start_timeout,
       .stop_grace = absl::Seconds(5),
+      .cancelled = nullptr,
+      .restart = options.restart,
   };
   if (!options.fake_ranks) local.rank_args.insert(local.rank_args.begin(), {"--threads", "1"});
   absl::StatusOr<std::unique_ptr<sdk::LocalCluster>> started =

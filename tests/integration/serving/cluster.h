@@ -38,6 +38,8 @@ struct ClusterOptions {
   std::vector<std::string> rank_args;    // extra flags for every rank
   std::vector<std::string> router_args;  // extra flags for the router
   absl::Duration start_timeout = absl::Seconds(60);
+  // Restart children that die (sdk::LocalCluster's supervisor); off by default.
+  sdk::RestartPolicy restart;
 };
 
 // The processes (sdk::LocalCluster, logs in a temp directory) plus what tests ask of ranks.
@@ -56,6 +58,9 @@ class Cluster {
   std::optional<std::string> CheckExited() { return local_->CheckExited(); }
   void KillRank(int i) { local_->KillRank(i); }
   pid_t rank_pid(int i) const { return local_->rank_pid(i); }
+  pid_t router_pid() const { return local_->router_pid(); }
+  int rank_restarts(int i) const { return local_->rank_restarts(i); }
+  int router_restarts() const { return local_->router_restarts(); }
   // The rank's load report, asked directly (not through the router).
   absl::StatusOr<internal::v1::LoadReport> RankLoad(int i);
   // Waits until rank i reports nothing running or waiting and every block and slot free.
