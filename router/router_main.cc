@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,8 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "metrics/prometheus.h"
+#include "metrics/serving.h"
 #include "router/http_server.h"
 #include "router/model_spec.h"
 #include "router/openai_frontend.h"
@@ -26,7 +29,8 @@ using nextserve::cli::Flags;
 int Run(int argc, char** argv) {
   std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
   int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
-          probe_timeout_ms = 1000, drain_ms = 1000, http_port = -1, http_threads = 2;
+          probe_timeout_ms = 1000, drain_ms = 1000, http_port = -1, http_threads = 2,
+          metrics_port = -1;
   std::string http_host;
   Flags flags(
       "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] "
@@ -50,6 +54,8 @@ int Run(int argc, char** argv) {
   flags.String("http-host", &http_host, "address for the HTTP port (default: --host)");
   flags.Int("http-threads", &http_threads, "I/O threads for the HTTP port (default 2)");
   flags.Int("drain-ms", &drain_ms, "on SIGTERM/SIGINT, how long requests in flight may finish");
+  flags.Int("metrics-port", &metrics_port,
+            "Prometheus /metrics port; 0: any free port, printed at start; -1 (default): off");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
   if (model_dir.empty())
     return Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
@@ -59,6 +65,8 @@ int Run(int argc, char** argv) {
     return Flags::Report(absl::InvalidArgumentError("--port must be in [0, 65535]"), flags);
   if (max_queue < 0)
     return Flags::Report(absl::InvalidArgumentError("--max-queue must be >= 0"), flags);
+  if (metrics_port < -1 || metrics_port > 65535)
+    return Flags::Report(absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"), flags);
   if (http_port < -1 || http_port > 65535)
     return Flags::Report(absl::InvalidArgumentError("--http-port must be in [-1, 65535]"), flags);
   if (http_threads < 1)
@@ -90,7 +98,28 @@ int Run(int argc, char** argv) {
                                            .probe_timeout = absl::Milliseconds(probe_timeout_ms),
                                            .max_queue = static_cast<int>(max_queue),
                                            .rank_queue_depth = static_cast<int>(rank_queue_depth)});
-  nextserve::router::InferenceService service(*model, pool);
+  nextserve::metrics::PrometheusRegistry metrics_registry;
+  std::optional<nextserve::metrics::RouterMetrics> metrics;
+  if (metrics_port >= 0) metrics.emplace(metrics_registry, model->name);
+  nextserve::router::InferenceService service(
+      *model, pool, {.metrics = metrics ? &*metrics : nullptr});
+  std::unique_ptr<nextserve::metrics::PrometheusExporter> exporter;  // stops before `pool` goes
+  if (metrics) {
+    metrics_registry.OnCollect([&pool, m = &*metrics] {
+      m->queue_depth.Set(pool.queued());
+      m->healthy_ranks.Set(pool.healthy_count());
+    });
+    auto started = nextserve::metrics::PrometheusExporter::Start(
+        host, static_cast<int>(metrics_port), metrics_registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "nextserve-router: %s\n",
+                   std::string(started.status().message()).c_str());
+      return 1;
+    }
+    exporter = *std::move(started);
+    std::printf("nextserve-router metrics on http://%s:%d/metrics\n", host.c_str(),
+                exporter->port());
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -62,6 +62,10 @@ struct InferenceService::Progress {
   double queue_time_s = 0;
   int32_t completion_tokens = 0;
   TextStream text;
+  absl::Time last_token = absl::InfiniteFuture();  // for the inter-token latency
+  metrics::RouterMetrics* metrics = nullptr;
+  int64_t prompt_tokens = 0;
+  std::optional<bool> finished_by_length;  // set when a Final was written: by length, else stop
 };
 
 InferenceService::InferenceService(const ModelSpec& model, RankPool& pool, ServiceOptions options)
@@ -100,6 +104,33 @@ void InferenceService::WatchLoop() {
 grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
                                         const v1::GenerateRequest* request,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  metrics::RouterMetrics* m = options_.metrics;
+  std::optional<Progress> progress;  // set once the request is valid
+  if (m == nullptr) return GenerateUnrecorded(ctx, request, writer, progress);
+  const absl::Time arrival = absl::Now();
+  const grpc::Status status = GenerateUnrecorded(ctx, request, writer, progress);
+  m->e2e_latency.Observe(absl::ToDoubleSeconds(absl::Now() - arrival));
+  if (progress.has_value()) {
+    m->prompt_tokens.Add(static_cast<double>(progress->prompt_tokens));
+    m->generation_tokens.Add(progress->completion_tokens);
+    if (progress->first_token != absl::InfiniteFuture()) {
+      m->time_to_first_token.Observe(
+          absl::ToDoubleSeconds(progress->first_token - progress->arrival));
+      m->queue_time.Observe(progress->queue_time_s);
+    }
+  }
+  if (status.ok() && progress.has_value() && progress->finished_by_length.has_value()) {
+    m->Finished(*progress->finished_by_length);
+  } else if (!status.ok()) {
+    m->Failed(status.error_code());
+  }
+  return status;
+}
+
+grpc::Status InferenceService::GenerateUnrecorded(grpc::ServerContext* ctx,
+                                                  const v1::GenerateRequest* request,
+                                                  grpc::ServerWriter<v1::GenerateResponse>* writer,
+                                                  std::optional<Progress>& recorded) {
   const absl::Time arrival = absl::Now();
   const std::string request_id =
       request->request_id().empty()
@@ -112,12 +143,20 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
       ResolveGenerate(*request, model_, max_context, options_.limits);
   if (!resolved.ok()) return ToGrpc(resolved.status());
 
-  Progress progress{.arrival = arrival, .text = TextStream(*model_.tokenizer, resolved->stop)};
+  // The caller owns it, so that metrics can read it after the call.
+  Progress& progress = recorded.emplace(
+      Progress{.arrival = arrival, .text = TextStream(*model_.tokenizer, resolved->stop)});
+  progress.metrics = options_.metrics;
+  progress.prompt_tokens = static_cast<int64_t>(resolved->prompt_ids.size());
   int avoid = -1;
   for (int attempt = 0;; ++attempt) {
     absl::StatusOr<RankLease> lease = pool_.Acquire(
         DeadlineOf(*ctx), [ctx] { return ctx->IsCancelled(); }, avoid);
     if (!lease.ok()) {
+      if (progress.metrics && absl::IsResourceExhausted(lease.status()))
+        progress.metrics->rejected_queue_full.Add();
+      if (progress.metrics && absl::IsUnavailable(lease.status()))
+        progress.metrics->rejected_no_rank.Add();
       return grpc::Status(static_cast<grpc::StatusCode>(lease.status().code()),
                           absl::StrCat("request ", request_id, ": ", lease.status().message()));
     }
@@ -174,6 +213,7 @@ InferenceService::Attempt InferenceService::RunOnRank(
     final_msg.set_request_id(request_id);
     v1::Final* f = final_msg.mutable_final();
     f->set_finish_reason(reason);
+    progress.finished_by_length = reason == v1::FINISH_REASON_LENGTH;
     f->set_stop_reason(stop_reason);
     v1::Usage* usage = f->mutable_usage();
     usage->set_prompt_tokens(static_cast<int32_t>(request.prompt_ids.size()));
@@ -200,6 +240,15 @@ InferenceService::Attempt InferenceService::RunOnRank(
     for (int i = 0; i < msg.token_ids_size() && !stopped; ++i) {
       const int32_t id = msg.token_ids(i);
       if (progress.first_token == absl::InfiniteFuture()) progress.first_token = absl::Now();
+      if (progress.metrics && i == 0) {  // tokens of one message arrived together: one gap each
+        const absl::Time now = absl::Now();
+        if (progress.last_token != absl::InfiniteFuture()) {
+          const double gap = absl::ToDoubleSeconds(now - progress.last_token);
+          for (int k = 0; k < msg.token_ids_size(); ++k)
+            progress.metrics->inter_token_latency.Observe(gap / msg.token_ids_size());
+        }
+        progress.last_token = now;
+      }
       ++progress.completion_tokens;
       delta->add_token_ids(id);
       if (i < msg.logprobs_size()) *delta->add_logprobs() = ToPublic(id, msg.logprobs(i));

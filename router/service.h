@@ -7,11 +7,13 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 
 #include "absl/time/time.h"
+#include "metrics/serving.h"
 #include "nextserve/v1/inference.grpc.pb.h"
 #include "router/model_spec.h"
 #include "router/rank_pool.h"
@@ -22,6 +24,7 @@ namespace nextserve::router {
 struct ServiceOptions {
   RequestLimits limits;
   absl::Duration watch_interval = absl::Milliseconds(5);
+  metrics::RouterMetrics* metrics = nullptr;  // not owned; null: none recorded
 };
 
 class InferenceService final : public v1::Inference::Service {
@@ -41,6 +44,9 @@ class InferenceService final : public v1::Inference::Service {
 
  private:
   struct ActiveCall;
+  grpc::Status GenerateUnrecorded(grpc::ServerContext* ctx, const v1::GenerateRequest* request,
+                                  grpc::ServerWriter<v1::GenerateResponse>* writer,
+                                  std::optional<Progress>& progress);
   struct Progress;
   struct Attempt {
     grpc::Status status;
