@@ -84,7 +84,7 @@ TEST(RouterMetrics, ErrorsByCodeNameAndFinishReasons) {
 TEST(RankMetrics, StepSplitsTimeAndCountsTokensPerLayerFromCumulativeCounts) {
   PrometheusRegistry r;
   RankMetrics m(r, {.model_name = "qwen", .rank = 1, .layers = 2, .moe_layers = {1}, .experts = 3});
-  // Layer 0 is dense (never counts); layer 1's experts 0 and 2 are held here.
+  // Layer 0 is dense (never counts); layer 1's experts 0 and 2 are held here: 6 + 4 in all.
   m.RecordStep(0.5, 0.25, 1000, {0, 0, 0, 4, 0, 1});
   m.RecordStep(0.25, 0.125, 24, {0, 0, 0, 6, 0, 4});
   const std::string text = r.TextFormat();
@@ -92,7 +92,7 @@ TEST(RankMetrics, StepSplitsTimeAndCountsTokensPerLayerFromCumulativeCounts) {
   EXPECT_THAT(text, HasSubstr("nextserve_rank_step_phase_seconds_total{model_name=\"qwen\",phase=\"all_to_all\",rank=\"1\"} 0.375"));
   EXPECT_THAT(text, HasSubstr("nextserve_rank_step_phase_seconds_total{model_name=\"qwen\",phase=\"compute\",rank=\"1\"} 0.375"));
   EXPECT_THAT(text, HasSubstr("nextserve_all_to_all_bytes_total{model_name=\"qwen\",rank=\"1\"} 1024"));
-  EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_total{layer=\"1\",model_name=\"qwen\",rank=\"1\"} 9"));
+  EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_total{layer=\"1\",model_name=\"qwen\",rank=\"1\"} 10"));
   EXPECT_THAT(text, Not(HasSubstr("layer=\"0\"")));
   EXPECT_THAT(text, Not(HasSubstr("nextserve_expert_tokens_by_expert_total")));  // opt-in only
 }
