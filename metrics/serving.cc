@@ -13,21 +13,20 @@ const std::vector<double> kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 
 const std::vector<double> kItlBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075,
                                          0.1,   0.15,   0.2,   0.3,  0.4,   0.5,  0.75,
                                          1,     2.5,    5,     7.5,  10,    20,   40};
-const std::vector<double> kE2eBuckets = {0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1,   1.5, 2,    2.5,  5,
-                                         10,   15,   20,  30,  40,  50,  60,  120, 240,  480,  960,
-                                         1920, 7680};
-const std::vector<double> kQueueBuckets = {0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                           0.5,    1,     2.5,   5,    10,    20,   40,  80,
-                                           160,    320,   640,   1280};
+const std::vector<double> kE2eBuckets = {0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1,    1.5,
+                                         2,    2.5,  5,   10,  15,  20,  30,   40,
+                                         50,   60,   120, 240, 480, 960, 1920, 7680};
+const std::vector<double> kQueueBuckets = {0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                           0.25,   0.5,   1,     2.5,  5,     10,   20,
+                                           40,     80,    160,   320,  640,   1280};
 const std::vector<double> kStepBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                           0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
 constexpr const char* kCodeNames[17] = {
-    "OK",        "CANCELLED",           "UNKNOWN",         "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND",   "ALREADY_EXISTS",  "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",        "UNAVAILABLE",     "DATA_LOSS",
-    "UNAUTHENTICATED"};
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
 
 }  // namespace
 
@@ -83,18 +82,19 @@ void RouterMetrics::Failed(int grpc_code) {
 }
 
 RankMetrics::RankMetrics(Registry& r, const Options& o)
-    : requests_running(r.GetGauge("nextserve_num_requests_running",
-                                  "Requests in the rank's running batch",
-                                  {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
-      requests_waiting(r.GetGauge("nextserve_num_requests_waiting",
-                                  "Requests waiting in the rank's queue",
-                                  {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+    : requests_running(
+          r.GetGauge("nextserve_num_requests_running", "Requests in the rank's running batch",
+                     {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      requests_waiting(
+          r.GetGauge("nextserve_num_requests_waiting", "Requests waiting in the rank's queue",
+                     {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
       kv_cache_usage(r.GetGauge("nextserve_kv_cache_usage_perc",
                                 "Fraction of the rank's KV cache blocks in use (0-1)",
                                 {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
-      state_slot_usage(r.GetGauge("nextserve_state_slot_usage_perc",
-                                  "Fraction of the rank's DeltaNet state slots in use (0-1)",
-                                  {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      state_slot_usage(
+          r.GetGauge("nextserve_state_slot_usage_perc",
+                     "Fraction of the rank's DeltaNet state slots in use (0-1)",
+                     {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
       preemptions(r.GetCounter("nextserve_num_preemptions_total",
                                "Requests preempted (cache dropped, recomputed later)",
                                {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
@@ -121,10 +121,10 @@ RankMetrics::RankMetrics(Registry& r, const Options& o)
           {{"model_name", o.model_name},
            {"rank", std::to_string(o.rank)},
            {"phase", "sync_wait"}})),
-      all_to_all_bytes(r.GetCounter(
-          "nextserve_all_to_all_bytes_total",
-          "Payload bytes this rank sent in MoE all-to-all (dispatch and combine)",
-          {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      all_to_all_bytes(
+          r.GetCounter("nextserve_all_to_all_bytes_total",
+                       "Payload bytes this rank sent in MoE all-to-all (dispatch and combine)",
+                       {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
       options_(o),
       per_expert_registry_(&r) {
   // Every MoE layer from the start, so that a rank whose experts get no tokens still counts in the
@@ -132,10 +132,12 @@ RankMetrics::RankMetrics(Registry& r, const Options& o)
   layer_tokens_.assign(o.layers, nullptr);
   for (int64_t l : o.moe_layers) {
     if (l < 0 || l >= o.layers) continue;
-    layer_tokens_[l] = &r.GetCounter(
-        "nextserve_expert_tokens_total",
-        "Token-to-expert assignments processed by this rank's experts, per MoE layer",
-        {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}, {"layer", std::to_string(l)}});
+    layer_tokens_[l] =
+        &r.GetCounter("nextserve_expert_tokens_total",
+                      "Token-to-expert assignments processed by this rank's experts, per MoE layer",
+                      {{"model_name", o.model_name},
+                       {"rank", std::to_string(o.rank)},
+                       {"layer", std::to_string(l)}});
   }
   if (o.per_expert) expert_tokens_.assign(o.layers * o.experts, nullptr);
   last_counts_.assign(o.layers * o.experts, 0);

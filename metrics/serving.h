@@ -22,7 +22,7 @@ class RouterMetrics {
   Histogram& queue_time;           // arrival -> first scheduled step (router + rank queues)
   Counter& prompt_tokens;
   Counter& generation_tokens;
-  Gauge& queue_depth;      // requests waiting in the router for a rank
+  Gauge& queue_depth;  // requests waiting in the router for a rank
   Gauge& healthy_ranks;
   Counter& rejected_queue_full;  // RESOURCE_EXHAUSTED at admission
   Counter& rejected_no_rank;     // UNAVAILABLE at admission
@@ -59,10 +59,10 @@ class RankMetrics {
   Gauge& state_slot_usage;  // used / total DeltaNet state slots, 0..1
   Counter& preemptions;
   Histogram& step_duration;
-  Counter& step_compute_seconds;      // step time outside all-to-all
-  Counter& step_all_to_all_seconds;   // counts exchange, dispatch and combine
-  Counter& step_sync_wait_seconds;    // the step agreement: waiting for the slowest rank
-  Counter& all_to_all_bytes;          // payload bytes this rank sent
+  Counter& step_compute_seconds;     // step time outside all-to-all
+  Counter& step_all_to_all_seconds;  // counts exchange, dispatch and combine
+  Counter& step_sync_wait_seconds;   // the step agreement: waiting for the slowest rank
+  Counter& all_to_all_bytes;         // payload bytes this rank sent
 
   // One engine step: its wall time and parts, and the cumulative tokens per (layer, expert)
   // of the model ([layers * experts], only this rank's experts non-zero).
@@ -73,7 +73,7 @@ class RankMetrics {
 
  private:
   Options options_;
-  Registry* per_expert_registry_;  // where lazily made series go
+  Registry* per_expert_registry_;        // where lazily made series go
   std::vector<Counter*> layer_tokens_;   // [layers]
   std::vector<Counter*> expert_tokens_;  // [layers * experts], null where not held / not opted in
   std::vector<int64_t> last_counts_;

@@ -101,8 +101,9 @@ int Run(int argc, char** argv) {
   nextserve::metrics::PrometheusRegistry metrics_registry;
   std::optional<nextserve::metrics::RouterMetrics> metrics;
   if (metrics_port >= 0) metrics.emplace(metrics_registry, model->name);
-  nextserve::router::InferenceService service(
-      *model, pool, {.metrics = metrics ? &*metrics : nullptr});
+  nextserve::router::ServiceOptions service_options;
+  service_options.metrics = metrics ? &*metrics : nullptr;
+  nextserve::router::InferenceService service(*model, pool, service_options);
   std::unique_ptr<nextserve::metrics::PrometheusExporter> exporter;  // stops before `pool` goes
   if (metrics) {
     metrics_registry.OnCollect([&pool, m = &*metrics] {

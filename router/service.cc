@@ -65,7 +65,7 @@ struct InferenceService::Progress {
   absl::Time last_token = absl::InfiniteFuture();  // for the inter-token latency
   metrics::RouterMetrics* metrics = nullptr;
   int64_t prompt_tokens = 0;
-  std::optional<bool> finished_by_length;  // set when a Final was written: by length, else stop
+  std::optional<bool> finished_by_length = std::nullopt;  // set when a Final was written: by length, else stop
 };
 
 InferenceService::InferenceService(const ModelSpec& model, RankPool& pool, ServiceOptions options)

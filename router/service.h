@@ -44,10 +44,11 @@ class InferenceService final : public v1::Inference::Service {
 
  private:
   struct ActiveCall;
+  struct Progress;
+  // Generate without the request-level metrics; `progress` is set once the request is valid.
   grpc::Status GenerateUnrecorded(grpc::ServerContext* ctx, const v1::GenerateRequest* request,
                                   grpc::ServerWriter<v1::GenerateResponse>* writer,
                                   std::optional<Progress>& progress);
-  struct Progress;
   struct Attempt {
     grpc::Status status;
     bool retry = false;  // failed before the client saw anything: another rank may serve it

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -59,19 +60,18 @@ class PrometheusServer {
  public:
   PrometheusServer(const std::string& dir, const std::vector<int>& targets) {
     port_ = sdk::FreeLoopbackPort();
-    std::string yml = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                      "scrape_configs:\n  - job_name: nextserve\n    static_configs:\n"
-                      "      - targets: [";
+    std::string yml =
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: nextserve\n    static_configs:\n"
+        "      - targets: [";
     for (size_t i = 0; i < targets.size(); ++i)
       absl::StrAppend(&yml, i ? ", " : "", "'127.0.0.1:", targets[i], "'");
     yml += "]\n";
     const std::string config = dir + "/prometheus.yml";
     std::ofstream(config) << yml;
-    std::vector<std::string> args = {"prometheus",
-                                     "--config.file=" + config,
-                                     "--storage.tsdb.path=" + dir + "/data",
-                                     absl::StrCat("--web.listen-address=127.0.0.1:", port_),
-                                     "--log.level=warn"};
+    std::vector<std::string> args = {
+        "prometheus", "--config.file=" + config, "--storage.tsdb.path=" + dir + "/data",
+        absl::StrCat("--web.listen-address=127.0.0.1:", port_), "--log.level=warn"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -104,6 +104,14 @@ class PrometheusServer {
   int port_ = 0;
   std::string log_;
 };
+
+// The value of a one-series instant vector; NaN when there is none.
+double Value(const nlohmann::json& response) {
+  if (response.is_discarded() || !response.contains("data")) return std::nan("");
+  const nlohmann::json& result = response["data"]["result"];
+  if (result.size() != 1) return std::nan("");
+  return std::stod(result[0]["value"][1].get<std::string>());
+}
 
 std::string SourceDir() {
   const char* d = std::getenv("NEXTSERVE_SOURCE_DIR");
@@ -158,6 +166,13 @@ TEST(PrometheusDashboard, EveryDashboardQueryReturnsSeriesFromARunningCluster) {
   std::filesystem::create_directories(work);
   PrometheusServer prometheus(work, std::vector<int>(ports.begin(), ports.end()));
   ASSERT_TRUE(prometheus.started());
+  // Every target scraped once before the load, so that rates span it.
+  for (const absl::Time until = absl::Now() + absl::Seconds(20);;
+       absl::SleepFor(absl::Milliseconds(200))) {
+    if (Value(prometheus.Query("sum(up{job=\"nextserve\"})")) == 3) break;
+    ASSERT_LT(absl::Now(), until) << "Prometheus did not scrape every target:\n"
+                                  << prometheus.log();
+  }
 
   // A few seconds of load from 4 clients: prompts of several lengths, greedy and sampled.
   auto client = sdk::Client::Create(cluster.router_address());
@@ -180,21 +195,13 @@ TEST(PrometheusDashboard, EveryDashboardQueryReturnsSeriesFromARunningCluster) {
   for (auto& t : clients) t.join();
   ASSERT_GT(completed.load(), 0) << cluster.Logs();
 
-  // Prometheus has every target up and has scraped since the load ended.
-  const absl::Time scraped_by = absl::Now() + absl::Seconds(20);
-  for (;; absl::SleepFor(absl::Milliseconds(250))) {
-    nlohmann::json up = prometheus.Query("sum(up{job=\"nextserve\"})");
-    nlohmann::json tokens = prometheus.Query("sum(nextserve_generation_tokens_total)");
-    const bool all_up = !up.is_discarded() && up["data"]["result"].size() == 1 &&
-                        up["data"]["result"][0]["value"][1] == "3";
-    const bool seen = !tokens.is_discarded() && tokens["data"]["result"].size() == 1 &&
-                      std::stod(tokens["data"]["result"][0]["value"][1].get<std::string>()) >=
-                          completed.load() * 8;
-    if (all_up && seen) break;
-    ASSERT_LT(absl::Now(), scraped_by) << "Prometheus did not scrape every target:\n"
-                                       << up.dump() << "\n"
-                                       << tokens.dump() << "\n"
-                                       << prometheus.log();
+  // Prometheus has scraped every target since the load ended (all the tokens are in).
+  for (const absl::Time until = absl::Now() + absl::Seconds(20);;
+       absl::SleepFor(absl::Milliseconds(250))) {
+    if (Value(prometheus.Query("sum(up{job=\"nextserve\"})")) == 3 &&
+        Value(prometheus.Query("sum(nextserve_generation_tokens_total)")) >= completed.load() * 8)
+      break;
+    ASSERT_LT(absl::Now(), until) << "Prometheus has not seen the load:\n" << prometheus.log();
   }
 
   const std::vector<std::string> queries = DashboardQueries(dashboard);
@@ -206,11 +213,11 @@ TEST(PrometheusDashboard, EveryDashboardQueryReturnsSeriesFromARunningCluster) {
     EXPECT_FALSE(r["data"]["result"].empty()) << "no series for " << expr;
   }
   // Values that must be there after the load, not only series.
-  const nlohmann::json throughput =
-      prometheus.Query("sum(increase(nextserve_generation_tokens_total[1m]))");
-  EXPECT_GT(std::stod(throughput["data"]["result"][0]["value"][1].get<std::string>()), 0);
-  const nlohmann::json a2a = prometheus.Query("sum(nextserve_all_to_all_bytes_total)");
-  EXPECT_GT(std::stod(a2a["data"]["result"][0]["value"][1].get<std::string>()), 0);
+  EXPECT_GT(Value(prometheus.Query("sum(increase(nextserve_generation_tokens_total[1m]))")), 0);
+  EXPECT_GT(Value(prometheus.Query("sum(nextserve_all_to_all_bytes_total)")), 0);
+  EXPECT_GT(Value(prometheus.Query("sum(increase(nextserve_rank_step_phase_seconds_total"
+                                   "{phase=\"all_to_all\"}[1m]))")),
+            0);
   const nlohmann::json layers = prometheus.Query("count by (rank) (nextserve_expert_tokens_total)");
   EXPECT_EQ(layers["data"]["result"].size(), 2u) << layers.dump();  // both ranks, every MoE layer
 
@@ -221,7 +228,7 @@ TEST(PrometheusDashboard, EveryDashboardQueryReturnsSeriesFromARunningCluster) {
   const std::regex type_line(R"(# TYPE (\S+) )");
   for (std::sregex_iterator it(exported.begin(), exported.end(), type_line), end; it != end; ++it)
     families.insert((*it)[1]);
-  const std::regex named(R"(nextserve_[a-z_]+)");
+  const std::regex named(R"(nextserve_[a-z0-9_]+)");
   for (const std::string& expr : queries) {
     for (std::sregex_iterator it(expr.begin(), expr.end(), named), end; it != end; ++it) {
       std::string name = (*it)[0];
@@ -229,8 +236,8 @@ TEST(PrometheusDashboard, EveryDashboardQueryReturnsSeriesFromARunningCluster) {
         if (!families.count(name) && name.ends_with(suffix))
           name.resize(name.size() - std::string(suffix).size());
       }
-      EXPECT_TRUE(families.count(name)) << expr << " names " << (*it)[0]
-                                        << ", which no process exports";
+      EXPECT_TRUE(families.count(name))
+          << expr << " names " << (*it)[0] << ", which no process exports";
     }
   }
   // And docs/metrics.md lists every family they export.

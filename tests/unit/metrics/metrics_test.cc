@@ -73,12 +73,23 @@ TEST(RouterMetrics, ErrorsByCodeNameAndFinishReasons) {
   m.Finished(/*by_length=*/false);
   m.Finished(/*by_length=*/false);
   const std::string text = r.TextFormat();
-  EXPECT_THAT(text, HasSubstr("nextserve_request_errors_total{code=\"UNAVAILABLE\",model_name=\"qwen\"} 2"));
-  EXPECT_THAT(text, HasSubstr("nextserve_request_errors_total{code=\"RESOURCE_EXHAUSTED\",model_name=\"qwen\"} 1"));
-  EXPECT_THAT(text, HasSubstr("nextserve_request_errors_total{code=\"UNKNOWN\",model_name=\"qwen\"} 1"));
-  EXPECT_THAT(text, HasSubstr("nextserve_request_errors_total{code=\"INTERNAL\",model_name=\"qwen\"} 0"));
-  EXPECT_THAT(text, HasSubstr("nextserve_request_success_total{finish_reason=\"stop\",model_name=\"qwen\"} 2"));
-  EXPECT_THAT(text, HasSubstr("nextserve_request_success_total{finish_reason=\"length\",model_name=\"qwen\"} 1"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("nextserve_request_errors_total{code=\"UNAVAILABLE\",model_name=\"qwen\"} 2"));
+  EXPECT_THAT(
+      text,
+      HasSubstr(
+          "nextserve_request_errors_total{code=\"RESOURCE_EXHAUSTED\",model_name=\"qwen\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("nextserve_request_errors_total{code=\"UNKNOWN\",model_name=\"qwen\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("nextserve_request_errors_total{code=\"INTERNAL\",model_name=\"qwen\"} 0"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("nextserve_request_success_total{finish_reason=\"stop\",model_name=\"qwen\"} 2"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("nextserve_request_success_total{finish_reason=\"length\",model_name=\"qwen\"} 1"));
 }
 
 TEST(RankMetrics, StepSplitsTimeAndCountsTokensPerLayerFromCumulativeCounts) {
@@ -88,25 +99,38 @@ TEST(RankMetrics, StepSplitsTimeAndCountsTokensPerLayerFromCumulativeCounts) {
   m.RecordStep(0.5, 0.25, 1000, {0, 0, 0, 4, 0, 1});
   m.RecordStep(0.25, 0.125, 24, {0, 0, 0, 6, 0, 4});
   const std::string text = r.TextFormat();
-  EXPECT_THAT(text, HasSubstr("nextserve_rank_step_duration_seconds_count{model_name=\"qwen\",rank=\"1\"} 2"));
-  EXPECT_THAT(text, HasSubstr("nextserve_rank_step_phase_seconds_total{model_name=\"qwen\",phase=\"all_to_all\",rank=\"1\"} 0.375"));
-  EXPECT_THAT(text, HasSubstr("nextserve_rank_step_phase_seconds_total{model_name=\"qwen\",phase=\"compute\",rank=\"1\"} 0.375"));
-  EXPECT_THAT(text, HasSubstr("nextserve_all_to_all_bytes_total{model_name=\"qwen\",rank=\"1\"} 1024"));
-  EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_total{layer=\"1\",model_name=\"qwen\",rank=\"1\"} 10"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("nextserve_rank_step_duration_seconds_count{model_name=\"qwen\",rank=\"1\"} 2"));
+  EXPECT_THAT(text, HasSubstr("nextserve_rank_step_phase_seconds_total{model_name=\"qwen\",phase="
+                              "\"all_to_all\",rank=\"1\"} 0.375"));
+  EXPECT_THAT(text, HasSubstr("nextserve_rank_step_phase_seconds_total{model_name=\"qwen\",phase="
+                              "\"compute\",rank=\"1\"} 0.375"));
+  EXPECT_THAT(text,
+              HasSubstr("nextserve_all_to_all_bytes_total{model_name=\"qwen\",rank=\"1\"} 1024"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("nextserve_expert_tokens_total{layer=\"1\",model_name=\"qwen\",rank=\"1\"} 10"));
   EXPECT_THAT(text, Not(HasSubstr("layer=\"0\"")));
   EXPECT_THAT(text, Not(HasSubstr("nextserve_expert_tokens_by_expert_total")));  // opt-in only
 }
 
 TEST(RankMetrics, PerExpertSeriesOnlyWhenAskedAndOnlyForExpertsThatRan) {
   PrometheusRegistry r;
-  RankMetrics m(r, {.model_name = "qwen", .rank = 0, .layers = 1, .moe_layers = {0}, .experts = 4,
-                       .per_expert = true});
+  RankMetrics m(r, {.model_name = "qwen",
+                    .rank = 0,
+                    .layers = 1,
+                    .moe_layers = {0},
+                    .experts = 4,
+                    .per_expert = true});
   m.RecordStep(0.1, 0, 0, {3, 0, 2, 0});
   m.SetPreemptionsTotal(2);
   m.SetPreemptionsTotal(5);
   const std::string text = r.TextFormat();
-  EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_by_expert_total{expert=\"0\",layer=\"0\",model_name=\"qwen\",rank=\"0\"} 3"));
-  EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_by_expert_total{expert=\"2\",layer=\"0\",model_name=\"qwen\",rank=\"0\"} 2"));
+  EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_by_expert_total{expert=\"0\",layer=\"0\","
+                              "model_name=\"qwen\",rank=\"0\"} 3"));
+  EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_by_expert_total{expert=\"2\",layer=\"0\","
+                              "model_name=\"qwen\",rank=\"0\"} 2"));
   EXPECT_THAT(text, Not(HasSubstr("expert=\"1\"")));
   EXPECT_THAT(text, HasSubstr("nextserve_num_preemptions_total{model_name=\"qwen\",rank=\"0\"} 5"));
 }
