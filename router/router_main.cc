@@ -66,7 +66,8 @@ int Run(int argc, char** argv) {
   if (max_queue < 0)
     return Flags::Report(absl::InvalidArgumentError("--max-queue must be >= 0"), flags);
   if (metrics_port < -1 || metrics_port > 65535)
-    return Flags::Report(absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"), flags);
+    return Flags::Report(absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"),
+                         flags);
   if (http_port < -1 || http_port > 65535)
     return Flags::Report(absl::InvalidArgumentError("--http-port must be in [-1, 65535]"), flags);
   if (http_threads < 1)

@@ -65,7 +65,8 @@ struct InferenceService::Progress {
   absl::Time last_token = absl::InfiniteFuture();  // for the inter-token latency
   metrics::RouterMetrics* metrics = nullptr;
   int64_t prompt_tokens = 0;
-  std::optional<bool> finished_by_length = std::nullopt;  // set when a Final was written: by length, else stop
+  // Set when a Final was written: true by length, false by a stop token or string.
+  std::optional<bool> finished_by_length = std::nullopt;
 };
 
 InferenceService::InferenceService(const ModelSpec& model, RankPool& pool, ServiceOptions options)

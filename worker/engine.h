@@ -24,7 +24,7 @@ namespace nextserve::worker {
 struct EngineOptions {
   SchedulerLimits scheduler;
   CacheLimits cache;
-  int64_t max_context = 0;  // 0: the model's max_position_embeddings
+  int64_t max_context = 0;                  // 0: the model's max_position_embeddings
   metrics::RankMetrics* metrics = nullptr;  // not owned; null: none recorded
 };
 
