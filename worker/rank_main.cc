@@ -61,6 +61,10 @@ int main(int argc, char** argv) {
             "--max-running must be positive"),
         flags);
   }
+  if (metrics_port < -1 || metrics_port > 65535) {
+    return nextserve::cli::Flags::Report(
+        absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"), flags);
+  }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 
   // Signals are taken by sigwait below, so block them before any thread starts.
