@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
 #include "cli/serving_commands.h"
+#include "cli/tls.h"
 #include "sdk/cpp/client.h"
 
 namespace nextserve::cli {
@@ -27,9 +29,15 @@ struct CommonFlags {
   int64_t max_tokens = -1, top_k = -2, seed = -1, timeout_s = 0;
   std::string temperature, top_p, min_p, repetition_penalty, stop;
   bool ignore_eos = false, quiet = false;
+  std::string api_key, tls_server_name;
+  TlsFiles tls;
 
   void Declare(Flags& flags) {
     flags.String("addr", &addr, "router address host:port (default 127.0.0.1:8000)");
+    flags.String("api-key", &api_key, "API key for the router (default: $NEXTSERVE_API_KEY)");
+    AddTlsFlags(flags, "tls", "TLS to the router (-ca: its CA; -cert/-key: mutual TLS)", &tls);
+    flags.String("tls-server-name", &tls_server_name,
+                 "name to check in the router's certificate (default: the --addr host)");
     flags.Int("max-tokens", &max_tokens, "most tokens to generate (default: up to the context)");
     flags.String("temperature", &temperature, "0 = greedy (default: the model's)");
     flags.String("top-p", &top_p, "nucleus sampling mass in (0, 1] (default: the model's)");
@@ -42,6 +50,23 @@ struct CommonFlags {
     flags.Bool("ignore-eos", &ignore_eos, "keep generating past end-of-sequence");
     flags.Int("timeout-s", &timeout_s, "deadline per request in seconds (default: none)");
     flags.Bool("quiet", &quiet, "no usage line on stderr");
+  }
+
+  // The client for --addr with --api-key / $NEXTSERVE_API_KEY and the TLS flags.
+  absl::StatusOr<std::unique_ptr<sdk::Client>> Connect() const {
+    sdk::ConnectOptions options;
+    options.api_key = api_key;
+    if (options.api_key.empty()) {
+      if (const char* env = std::getenv("NEXTSERVE_API_KEY")) options.api_key = env;
+    }
+    if (tls.any()) {
+      absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+          ChannelCredentials(tls);
+      if (!credentials.ok()) return credentials.status();
+      options.credentials = *std::move(credentials);
+    }
+    options.server_name = tls_server_name;
+    return sdk::Client::Create(addr, options);
   }
 
   // Fills the request's parameters; InvalidArgument naming the flag.
@@ -210,9 +235,10 @@ int Generate(int argc, char** argv) {
     req.set_text(prompt);
   }
   if (absl::Status s = common.Apply(&req); !s.ok()) return Flags::Report(s, flags);
+  absl::StatusOr<std::unique_ptr<sdk::Client>> client = common.Connect();
+  if (!client.ok()) return Flags::Report(client.status(), flags);
   InterruptCanceller interrupt;
-  std::unique_ptr<sdk::Client> client = sdk::Client::Create(common.addr);
-  absl::StatusOr<std::string> text = Stream(*client, req, common, interrupt);
+  absl::StatusOr<std::string> text = Stream(**client, req, common, interrupt);
   if (!text.ok()) return Fail(text.status());
   return 0;
 }
@@ -233,8 +259,10 @@ int Chat(int argc, char** argv) {
     m->set_role("system");
     m->set_content(system);
   }
+  absl::StatusOr<std::unique_ptr<sdk::Client>> connected = common.Connect();
+  if (!connected.ok()) return Flags::Report(connected.status(), flags);
+  std::unique_ptr<sdk::Client> client = *std::move(connected);
   InterruptCanceller interrupt;
-  std::unique_ptr<sdk::Client> client = sdk::Client::Create(common.addr);
   const bool tty = isatty(STDIN_FILENO);
   if (tty)
     std::fprintf(stderr, "chatting with %s: an empty line or Ctrl-D ends, Ctrl-C stops an answer\n",

@@ -6,6 +6,6 @@ if(TARGET nextserve_tokenizer OR EXISTS ${PROJECT_SOURCE_DIR}/tokenizer/CMakeLis
   # Serving subcommands (up, generate, chat): clients of the router through the C++ SDK.
   if(EXISTS ${PROJECT_SOURCE_DIR}/sdk/cpp/CMakeLists.txt)
     target_sources(nextserve PRIVATE ${CMAKE_CURRENT_LIST_DIR}/up.cc ${CMAKE_CURRENT_LIST_DIR}/generate.cc)
-    target_link_libraries(nextserve PRIVATE nextserve_client nextserve_local_cluster)
+    target_link_libraries(nextserve PRIVATE nextserve_client nextserve_local_cluster nextserve_tls)
   endif()
 endif()

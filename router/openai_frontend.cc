@@ -117,11 +117,13 @@ class OpenAiFrontend::GenerateCall final : public grpc::ClientReadReactor<v1::Ge
 };
 
 OpenAiFrontend::OpenAiFrontend(std::shared_ptr<grpc::Channel> channel,
-                               const tokenizer::Tokenizer& tokenizer, std::string model_name)
+                               const tokenizer::Tokenizer& tokenizer, std::string model_name,
+                               std::function<int()> serving_ranks)
     : stub_(v1::Inference::NewStub(std::move(channel))),
       tokenizer_(tokenizer),
       model_name_(std::move(model_name)),
-      created_(absl::ToUnixSeconds(absl::Now())) {}
+      created_(absl::ToUnixSeconds(absl::Now())),
+      serving_ranks_(std::move(serving_ranks)) {}
 
 OpenAiFrontend::~OpenAiFrontend() {
   Shutdown();
@@ -162,7 +164,7 @@ void OpenAiFrontend::Handle(HttpRequest request, std::shared_ptr<HttpResponse> r
       return SendError(*response, openai::MakeError(405, "invalid_request_error", "use POST"));
     return Generate(request, std::move(response), path == "/v1/chat/completions");
   }
-  if (path == "/v1/models" && get) return Models(std::move(response));
+  if (path == "/v1/models" && get) return Models(request, std::move(response));
   if (path == "/health" && get) return Health(std::move(response));
   SendError(*response,
             openai::MakeError(404, "not_found_error",
@@ -198,7 +200,7 @@ void OpenAiFrontend::Generate(const HttpRequest& request, std::shared_ptr<HttpRe
   call->Start(auth == request.headers.end() ? std::string() : auth->second);
 }
 
-void OpenAiFrontend::Models(std::shared_ptr<HttpResponse> response) {
+void OpenAiFrontend::Models(const HttpRequest& request, std::shared_ptr<HttpResponse> response) {
   struct Call {
     grpc::ClientContext ctx;
     v1::GetModelInfoRequest request;
@@ -209,6 +211,8 @@ void OpenAiFrontend::Models(std::shared_ptr<HttpResponse> response) {
   }
   auto call = std::make_shared<Call>();
   call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (auto auth = request.headers.find("authorization"); auth != request.headers.end())
+    call->ctx.AddMetadata("authorization", auth->second);
   stub_->async()->GetModelInfo(
       &call->ctx, &call->request, &call->info, [this, call, response](grpc::Status status) {
         if (status.ok()) {
@@ -222,26 +226,12 @@ void OpenAiFrontend::Models(std::shared_ptr<HttpResponse> response) {
 }
 
 void OpenAiFrontend::Health(std::shared_ptr<HttpResponse> response) {
-  struct Call {
-    grpc::ClientContext ctx;
-    v1::GetModelInfoRequest request;
-    v1::ModelInfo info;
-  };
-  if (!Enter()) {
-    return response->Send(503, "application/json", R"({"status":"shutting down"})");
+  const int ranks = serving_ranks_ ? serving_ranks_() : 0;
+  if (ranks > 0) {
+    response->Send(200, "application/json", absl::StrCat(R"({"status":"ok","ranks":)", ranks, "}"));
+  } else {
+    response->Send(503, "application/json", R"({"status":"no rank serves"})");
   }
-  auto call = std::make_shared<Call>();
-  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  stub_->async()->GetModelInfo(
-      &call->ctx, &call->request, &call->info, [this, call, response](grpc::Status status) {
-        if (status.ok() && call->info.ranks() > 0) {
-          response->Send(200, "application/json",
-                         absl::StrCat(R"({"status":"ok","ranks":)", call->info.ranks(), "}"));
-        } else {
-          response->Send(503, "application/json", R"({"status":"no rank serves"})");
-        }
-        Leave();
-      });
 }
 
 }  // namespace nextserve::router

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,8 +24,9 @@ class OpenAiFrontend {
  public:
   // `channel`: to the router's Inference service (e.g. grpc::Server::InProcessChannel).
   // `model_name`: what /v1/models lists and requests must name.
+  // `serving_ranks`: how many ranks serve now (for /health, which needs no API key).
   OpenAiFrontend(std::shared_ptr<grpc::Channel> channel, const tokenizer::Tokenizer& tokenizer,
-                 std::string model_name);
+                 std::string model_name, std::function<int()> serving_ranks);
   ~OpenAiFrontend();  // Shutdown()
 
   void Handle(HttpRequest request, std::shared_ptr<HttpResponse> response);
@@ -34,7 +36,7 @@ class OpenAiFrontend {
  private:
   class GenerateCall;
   void Generate(const HttpRequest& request, std::shared_ptr<HttpResponse> response, bool chat);
-  void Models(std::shared_ptr<HttpResponse> response);
+  void Models(const HttpRequest& request, std::shared_ptr<HttpResponse> response);
   void Health(std::shared_ptr<HttpResponse> response);
   bool Enter();  // false once shutting down
   void Leave();
@@ -43,6 +45,7 @@ class OpenAiFrontend {
   const tokenizer::Tokenizer& tokenizer_;
   const std::string model_name_;
   const int64_t created_;
+  const std::function<int()> serving_ranks_;
 
   std::mutex mu_;
   std::condition_variable idle_;

@@ -9,10 +9,13 @@
 namespace nextserve::router {
 namespace {
 
-// How often a waiting request re-checks its deadline and its client.
-constexpr absl::Duration kWaitTick = absl::Milliseconds(5);
+// How often the poller looks for queued requests whose client has gone. Only a cancelled
+// request's own reply waits on this: it never holds up the requests behind it (the head is woken
+// by room, and a woken head checks its client first).
+constexpr absl::Duration kCancelSweep = absl::Milliseconds(50);
 
-std::shared_ptr<grpc::Channel> RankChannel(const std::string& address) {
+std::shared_ptr<grpc::Channel> RankChannel(const std::string& address,
+                                           std::shared_ptr<grpc::ChannelCredentials> credentials) {
   grpc::ChannelArguments args;
   // Re-probe a rank that went away within about a second of it coming back.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -21,7 +24,8 @@ std::shared_ptr<grpc::Channel> RankChannel(const std::string& address) {
   args.SetMaxSendMessageSize(64 << 20);
   // One connection per rank even when several pools in a process talk to it (tests, bench).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(
+      address, credentials ? std::move(credentials) : grpc::InsecureChannelCredentials(), args);
 }
 
 }  // namespace
@@ -45,7 +49,7 @@ RankPool::RankPool(std::vector<std::string> addresses, RankPoolOptions options)
   for (std::string& address : addresses) {
     auto rank = std::make_unique<Rank>();
     rank->address = std::move(address);
-    rank->channel = RankChannel(rank->address);
+    rank->channel = RankChannel(rank->address, options_.credentials);
     rank->stub = internal::v1::Rank::NewStub(rank->channel);
     ranks_.push_back(std::move(rank));
   }
@@ -54,12 +58,13 @@ RankPool::RankPool(std::vector<std::string> addresses, RankPoolOptions options)
 RankPool::~RankPool() {
   std::unique_lock lock(mu_);
   stopping_ = true;
-  cv_.notify_all();
+  poller_cv_.notify_all();
+  WakeAllLocked();
   lock.unlock();
   if (poller_.joinable()) poller_.join();
   lock.lock();
   // Probes end by their deadline at the latest.
-  cv_.wait(lock, [this] { return probes_outstanding_ == 0; });
+  poller_cv_.wait(lock, [this] { return probes_outstanding_ == 0; });
 }
 
 void RankPool::SetHealthCallback(std::function<void(int)> callback) {
@@ -79,23 +84,29 @@ void RankPool::Start() {
 
 void RankPool::PollLoop() {
   std::unique_lock lock(mu_);
+  absl::Time next_poll = absl::Now();
   while (!stopping_) {
-    std::vector<int> due;
-    for (int r = 0; r < size(); ++r) {
-      if (ranks_[r]->probing) continue;  // still within its deadline
-      ranks_[r]->probing = true;
-      ++probes_outstanding_;
-      due.push_back(r);
+    if (absl::Now() >= next_poll) {
+      std::vector<std::pair<int, uint64_t>> due;  // rank, its dispatch count as the probe leaves
+      for (int r = 0; r < size(); ++r) {
+        if (ranks_[r]->probing) continue;  // still within its deadline
+        ranks_[r]->probing = true;
+        ++probes_outstanding_;
+        due.emplace_back(r, ranks_[r]->dispatched);
+      }
+      lock.unlock();  // a probe's callback may run on this thread
+      for (auto [r, dispatched] : due) Probe(r, dispatched);
+      lock.lock();
+      next_poll = absl::Now() + options_.poll_interval;
     }
-    lock.unlock();  // a probe's callback may run on this thread
-    for (int r : due) Probe(r);
-    lock.lock();
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.poll_interval),
-                 [this] { return stopping_; });
+    SweepCancelledLocked();
+    const absl::Time wake =
+        queue_.empty() ? next_poll : std::min(next_poll, absl::Now() + kCancelSweep);
+    poller_cv_.wait_until(lock, absl::ToChronoTime(wake));  // or a first waiter, or stopping
   }
 }
 
-void RankPool::Probe(int r) {
+void RankPool::Probe(int r, uint64_t dispatched) {
   struct Call {
     grpc::ClientContext ctx;
     internal::v1::LoadRequest request;
@@ -104,14 +115,15 @@ void RankPool::Probe(int r) {
   auto* call = new Call;
   call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.probe_timeout));
   ranks_[r]->stub->async()->GetLoad(&call->ctx, &call->request, &call->report,
-                                    [this, r, call](grpc::Status status) {
+                                    [this, r, dispatched, call](grpc::Status status) {
                                       const internal::v1::LoadReport report = call->report;
                                       delete call;
-                                      OnProbe(r, status, report);
+                                      OnProbe(r, dispatched, status, report);
                                     });
 }
 
-void RankPool::OnProbe(int r, const grpc::Status& status, const internal::v1::LoadReport& load) {
+void RankPool::OnProbe(int r, uint64_t dispatched, const grpc::Status& status,
+                       const internal::v1::LoadReport& load) {
   bool changed = false;
   {
     std::lock_guard lock(mu_);
@@ -119,23 +131,47 @@ void RankPool::OnProbe(int r, const grpc::Status& status, const internal::v1::Lo
     rank.probing = false;
     --probes_outstanding_;
     const int before = healthy_;
-    if (status.ok()) {
+    const absl::Time now = absl::Now();
+    if (stopping_) {
+      // The destructor waits for the last probe.
+    } else if (status.ok()) {
       rank.load = load;
-      if (!rank.healthy) {
-        rank.healthy = true;
-        ++healthy_;
-        std::fprintf(stderr,
-                     "nextserve-router: rank %s is healthy (%lld state slots, %lld KV blocks)\n",
-                     rank.address.c_str(), static_cast<long long>(load.total_state_slots()),
+      rank.dispatched_at_report = dispatched;
+      rank.missed_probes = 0;
+      rank.last_answer = now;
+      if (rank.health != Health::kHealthy) {
+        if (rank.health == Health::kDown) ++healthy_;
+        std::fprintf(stderr, "nextserve-router: rank %s is %s (%lld state slots, %lld KV blocks)\n",
+                     rank.address.c_str(),
+                     rank.health == Health::kDown ? "healthy" : "answering again",
+                     static_cast<long long>(load.total_state_slots()),
                      static_cast<long long>(load.total_kv_blocks()));
+        rank.health = Health::kHealthy;
       }
-    } else if (!stopping_) {
-      MarkUnhealthyLocked(
-          r, absl::StrCat("load probe failed: ", grpc::StatusCode(status.error_code()), " ",
-                          status.error_message()));
+    } else if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+               rank.health != Health::kDown) {
+      // Slow is not dead: no new work until it answers, down only after a long silence.
+      ++rank.missed_probes;
+      const absl::Duration silent = now - rank.last_answer;
+      rank.last_error =
+          absl::StrCat("no answer to ", rank.missed_probes, " load probes in ",
+                       absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(1))));
+      if (rank.missed_probes >= options_.fail_after_missed_probes &&
+          silent >= options_.fail_after) {
+        MarkDownLocked(r, rank.last_error);
+      } else if (rank.health == Health::kHealthy) {
+        rank.health = Health::kSuspect;
+        std::fprintf(stderr, "nextserve-router: rank %s is suspect (no new work): %s\n",
+                     rank.address.c_str(), rank.last_error.c_str());
+      }
+    } else {
+      // Refused, reset or otherwise broken: the connection itself says the rank is gone.
+      MarkDownLocked(r, absl::StrCat("load probe failed: ", grpc::StatusCode(status.error_code()),
+                                     " ", status.error_message()));
     }
     changed = healthy_ != before;
-    cv_.notify_all();
+    if (stopping_ && probes_outstanding_ == 0) poller_cv_.notify_all();
+    WakeHeadLocked();  // room or health may have changed
   }
   if (changed) NotifyHealth();
 }
@@ -145,34 +181,59 @@ void RankPool::ReportBroken(int r, const std::string& why) {
   {
     std::lock_guard lock(mu_);
     const int before = healthy_;
-    MarkUnhealthyLocked(r, why);
+    MarkDownLocked(r, why);
     changed = healthy_ != before;
-    cv_.notify_all();
   }
   if (changed) NotifyHealth();
 }
 
-void RankPool::MarkUnhealthyLocked(int r, const std::string& why) {
+void RankPool::MarkDownLocked(int r, const std::string& why) {
   Rank& rank = *ranks_[r];
   rank.last_error = why;
-  if (!rank.healthy) return;
-  rank.healthy = false;
+  if (rank.health == Health::kDown) return;
+  rank.health = Health::kDown;
   --healthy_;
   rank.epoch.fetch_add(1);  // requests dispatched before this are lost
-  std::fprintf(stderr, "nextserve-router: rank %s is unhealthy: %s\n", rank.address.c_str(),
+  std::fprintf(stderr, "nextserve-router: rank %s is down: %s\n", rank.address.c_str(),
                why.c_str());
+  if (healthy_ == 0) {
+    WakeAllLocked();  // every waiter fails now
+  } else {
+    WakeHeadLocked();  // the head may have been waiting for this rank only
+  }
 }
 
 void RankPool::Release(int r) {
   std::lock_guard lock(mu_);
   --ranks_[r]->in_flight;
-  cv_.notify_all();
+  WakeHeadLocked();
+}
+
+void RankPool::WakeHeadLocked() {
+  if (!queue_.empty()) queue_.front()->cv.notify_one();
+}
+
+void RankPool::WakeAllLocked() {
+  for (Waiter* w : queue_) w->cv.notify_one();
+}
+
+void RankPool::SweepCancelledLocked() {
+  for (Waiter* w : queue_) {
+    if (*w->cancelled && (*w->cancelled)()) w->cv.notify_one();
+  }
 }
 
 int RankPool::CapacityLocked(const Rank& r) const {
   const int slots = static_cast<int>(std::max<int64_t>(r.load.total_state_slots(), 1));
   const int depth = options_.rank_queue_depth < 0 ? slots : options_.rank_queue_depth;
   return slots + depth;
+}
+
+int64_t RankPool::LoadLocked(const Rank& r) const {
+  // The report counts other routers' requests too, but not ours sent after its probe left.
+  const int64_t reported = r.load.running() + r.load.waiting() +
+                           static_cast<int64_t>(r.dispatched - r.dispatched_at_report);
+  return std::max<int64_t>(r.in_flight, reported);
 }
 
 int RankPool::PickLocked(int avoid) const {
@@ -183,11 +244,9 @@ int RankPool::PickLocked(int avoid) const {
     for (int k = 0; k < size(); ++k) {
       const int r = (next_pick_ + k) % size();
       const Rank& rank = *ranks_[r];
-      if (!rank.healthy || rank.in_flight >= CapacityLocked(rank)) continue;
+      if (rank.health != Health::kHealthy || rank.in_flight >= CapacityLocked(rank)) continue;
       if (pass == 0 && r == avoid) continue;
-      // The rank's own count includes other routers' requests; ours is more recent.
-      const int64_t load =
-          std::max<int64_t>(rank.in_flight, rank.load.running() + rank.load.waiting());
+      const int64_t load = LoadLocked(rank);
       const double free = rank.load.total_kv_blocks() > 0 ? double(rank.load.free_kv_blocks()) /
                                                                 double(rank.load.total_kv_blocks())
                                                           : 0.0;
@@ -199,6 +258,14 @@ int RankPool::PickLocked(int avoid) const {
     }
   }
   return best;
+}
+
+RankLease RankPool::DispatchLocked(int r) {
+  Rank& rank = *ranks_[r];
+  ++rank.in_flight;
+  ++rank.dispatched;
+  next_pick_ = (r + 1) % size();
+  return RankLease(this, r, rank.epoch.load());
 }
 
 std::string RankPool::DescribeLocked() const {
@@ -213,21 +280,26 @@ absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline,
   if (healthy_ == 0)
     return absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")"));
   if (queue_.empty()) {
-    if (int r = PickLocked(avoid); r >= 0) {
-      ++ranks_[r]->in_flight;
-      next_pick_ = (r + 1) % size();
-      return RankLease(this, r, ranks_[r]->epoch.load());
-    }
+    if (int r = PickLocked(avoid); r >= 0) return DispatchLocked(r);
   }
   if (static_cast<int>(queue_.size()) >= options_.max_queue) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("admission queue is full (", queue_.size(), " requests waiting for a rank)"));
+    // Waiters whose client left may not have noticed yet; they must not count against the limit.
+    SweepCancelledLocked();
+    const int live = static_cast<int>(std::count_if(queue_.begin(), queue_.end(), [](Waiter* w) {
+      return !(*w->cancelled && (*w->cancelled)());
+    }));
+    if (live >= options_.max_queue) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("admission queue is full (", live, " requests waiting for a rank)"));
+    }
   }
-  const uint64_t ticket = next_ticket_++;
-  queue_.push_back(ticket);
+  Waiter self(&cancelled);
+  if (queue_.empty()) poller_cv_.notify_one();  // start sweeping for cancelled waiters
+  queue_.push_back(&self);
   auto leave = [&](absl::Status status) {
-    queue_.erase(std::find(queue_.begin(), queue_.end(), ticket));
-    cv_.notify_all();
+    const bool was_head = queue_.front() == &self;
+    queue_.erase(std::find(queue_.begin(), queue_.end(), &self));
+    if (was_head) WakeHeadLocked();  // the next one may fit where this one was waiting
     return status;
   };
   for (;;) {
@@ -238,18 +310,24 @@ absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline,
     if (healthy_ == 0)
       return leave(
           absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")")));
-    if (queue_.front() == ticket) {
+    if (queue_.front() == &self) {
       if (int r = PickLocked(avoid); r >= 0) {
         queue_.pop_front();
-        ++ranks_[r]->in_flight;
-        next_pick_ = (r + 1) % size();
-        cv_.notify_all();
-        return RankLease(this, r, ranks_[r]->epoch.load());
+        WakeHeadLocked();  // there may be room for the next one too
+        return DispatchLocked(r);
       }
     }
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(std::min(
-                           kWaitTick, std::max(deadline - absl::Now(), absl::ZeroDuration()))));
+    if (deadline == absl::InfiniteFuture()) {
+      self.cv.wait(lock);
+    } else {
+      self.cv.wait_until(lock, absl::ToChronoTime(deadline));
+    }
   }
+}
+
+RankPool::Health RankPool::health(int rank) const {
+  std::lock_guard lock(mu_);
+  return ranks_[rank]->health;
 }
 
 int RankPool::healthy_count() const {
@@ -266,7 +344,7 @@ int64_t RankPool::max_context() const {
   std::lock_guard lock(mu_);
   int64_t out = 0;
   for (const auto& r : ranks_) {
-    if (r->healthy && r->load.max_context() > 0) {
+    if (r->health != Health::kDown && r->load.max_context() > 0) {
       out = out == 0 ? r->load.max_context() : std::min(out, r->load.max_context());
     }
   }

@@ -1,6 +1,11 @@
-// The ranks behind the router: one channel each, a load report polled every poll_interval, health
-// (a rank that fails a probe or breaks a stream is unhealthy until a probe answers again), the
-// requests in flight on each, and the bounded FIFO admission queue in front of them.
+// The ranks behind the router: one channel each, a load report polled every poll_interval, the
+// health of each rank (healthy, suspect, down), the requests in flight on each, and the bounded
+// FIFO admission queue in front of them.
+//
+// Health works on evidence. A rank is down (its streams are ended, its epoch changes) when its
+// connection breaks (a stream or a probe fails with anything but a deadline), or when it has missed
+// `fail_after_missed_probes` probes in a row over at least `fail_after`. One slow answer only makes
+// it suspect: it gets no new work but keeps its streams, and rejoins when a probe answers.
 #pragma once
 
 #include <atomic>
@@ -23,13 +28,19 @@ namespace nextserve::router {
 
 struct RankPoolOptions {
   absl::Duration poll_interval = absl::Milliseconds(150);
-  // A probe unanswered this long marks the rank unhealthy (and ends its streams).
+  // A probe unanswered this long is a miss: the rank is suspect (no new work) until one answers.
   absl::Duration probe_timeout = absl::Milliseconds(1000);
+  // A suspect rank is down (its streams end UNAVAILABLE) after this many misses in a row, and no
+  // answer for at least `fail_after`: long enough to ride out a slow step on a loaded machine.
+  int fail_after_missed_probes = 3;
+  absl::Duration fail_after = absl::Seconds(5);
   // Requests waiting in the router for a rank; one more is RESOURCE_EXHAUSTED.
   int max_queue = 256;
   // Requests sent to a rank beyond its state slots (they wait in the rank's own queue);
   // -1: as many as it has state slots.
   int rank_queue_depth = -1;
+  // How the router connects to ranks (TLS for the internal port); null: insecure.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 class RankPool;
@@ -44,7 +55,7 @@ class RankLease {
   ~RankLease();
 
   int rank() const { return rank_; }
-  // Changes when the rank is marked unhealthy: a request dispatched in another epoch is lost.
+  // Changes when the rank goes down: a request dispatched in another epoch is lost.
   uint64_t epoch() const { return epoch_; }
 
  private:
@@ -55,33 +66,39 @@ class RankLease {
 
 class RankPool {
  public:
+  enum class Health { kDown, kSuspect, kHealthy };
+
   RankPool(std::vector<std::string> addresses, RankPoolOptions options);
   ~RankPool();  // stops polling, waits for outstanding probes
   RankPool(const RankPool&) = delete;
   RankPool& operator=(const RankPool&) = delete;
 
-  // Called (from gRPC's callback threads) whenever the number of healthy ranks changes. Once
-  // SetHealthCallback(nullptr) returns, the old callback is not running and will not run again.
+  // Called (from gRPC's callback threads) whenever the number of ranks that are not down changes.
+  // Once SetHealthCallback(nullptr) returns, the old callback is not running and will not run
+  // again.
   void SetHealthCallback(std::function<void(int healthy)> callback);
   void Start();
 
-  // Waits in FIFO order for a healthy rank with room, preferring the least loaded. Errors:
-  // ResourceExhausted (queue full), Unavailable (no healthy rank), DeadlineExceeded, Cancelled
-  // (`cancelled` is polled while waiting). `avoid` (a rank that just failed) is used only if no
-  // other rank is healthy.
+  // Waits in FIFO order for a healthy rank with room, preferring the least loaded. Only the queue
+  // head is woken, and only when room frees, a load report arrives or health changes. Errors:
+  // ResourceExhausted (queue full), Unavailable (every rank down), DeadlineExceeded, Cancelled
+  // (`cancelled` is checked when woken, by the poller every ~50 ms, and when the queue is full).
+  // `avoid` (a rank that just failed) is used only if no other rank is healthy.
   absl::StatusOr<RankLease> Acquire(absl::Time deadline, const std::function<bool()>& cancelled,
                                     int avoid = -1);
 
-  // A stream to this rank broke: mark it unhealthy now rather than at the next probe.
+  // A stream to this rank broke: evidence that it is down, acted on now.
   void ReportBroken(int rank, const std::string& why);
 
   internal::v1::Rank::Stub* stub(int rank) const { return ranks_[rank]->stub.get(); }
   const std::string& address(int rank) const { return ranks_[rank]->address; }
   int size() const { return static_cast<int>(ranks_.size()); }
   uint64_t epoch(int rank) const { return ranks_[rank]->epoch.load(); }
+  Health health(int rank) const;
+  // Ranks that are not down (healthy or suspect).
   int healthy_count() const;
   int queued() const;
-  // The smallest max_context a healthy rank reports (0 when none reports one).
+  // The smallest max_context a rank that is not down reports (0 when none reports one).
   int64_t max_context() const;
 
  private:
@@ -90,32 +107,48 @@ class RankPool {
     std::string address;
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<internal::v1::Rank::Stub> stub;
-    bool healthy = false;
+    Health health = Health::kDown;
     std::atomic<uint64_t> epoch{0};
     std::string last_error = "not probed yet";
     internal::v1::LoadReport load;
     int in_flight = 0;
+    // Requests this router sent, ever, and as of the probe whose report `load` is: the difference
+    // is what the report cannot include yet.
+    uint64_t dispatched = 0;
+    uint64_t dispatched_at_report = 0;
+    int missed_probes = 0;
+    absl::Time last_answer = absl::InfinitePast();
     bool probing = false;
+  };
+  struct Waiter {
+    explicit Waiter(const std::function<bool()>* cancelled) : cancelled(cancelled) {}
+    std::condition_variable cv;  // signalled when it is the head and room may have freed
+    const std::function<bool()>* const cancelled;
   };
 
   void PollLoop();
-  void Probe(int rank);
-  void OnProbe(int rank, const grpc::Status& status, const internal::v1::LoadReport& load);
-  void MarkUnhealthyLocked(int rank, const std::string& why);
+  void Probe(int rank, uint64_t dispatched);
+  void OnProbe(int rank, uint64_t dispatched, const grpc::Status& status,
+               const internal::v1::LoadReport& load);
+  void MarkDownLocked(int rank, const std::string& why);
   void NotifyHealth();
   void Release(int rank);
+  RankLease DispatchLocked(int rank);
   int PickLocked(int avoid) const;  // -1: none has room
   int CapacityLocked(const Rank& r) const;
+  int64_t LoadLocked(const Rank& r) const;
+  void WakeHeadLocked();
+  void WakeAllLocked();
+  void SweepCancelledLocked();  // wakes waiters whose client has gone
   std::string DescribeLocked() const;
 
   const RankPoolOptions options_;
   std::vector<std::unique_ptr<Rank>> ranks_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // rank room or health changed, queue head moved
-  std::deque<uint64_t> queue_;  // tickets of waiting requests
-  uint64_t next_ticket_ = 0;
-  int next_pick_ = 0;  // round-robin start among equally loaded ranks
-  int healthy_ = 0;
+  std::condition_variable poller_cv_;  // stopping, or the last outstanding probe ended
+  std::deque<Waiter*> queue_;          // waiting requests, head first
+  int next_pick_ = 0;                  // round-robin start among equally loaded ranks
+  int healthy_ = 0;                    // ranks not down
   int probes_outstanding_ = 0;
   bool stopping_ = false;
   std::mutex health_mu_;  // guards on_health_ and serialises its calls

@@ -10,11 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
+#include "cli/tls.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "metrics/prometheus.h"
 #include "metrics/serving.h"
+#include "router/api_keys.h"
 #include "router/http_server.h"
 #include "router/model_spec.h"
 #include "router/openai_frontend.h"
@@ -29,9 +31,10 @@ using nextserve::cli::Flags;
 int Run(int argc, char** argv) {
   std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
   int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
-          probe_timeout_ms = 1000, drain_ms = 1000, http_port = -1, http_threads = 2,
-          metrics_port = -1;
-  std::string http_host;
+          probe_timeout_ms = 1000, fail_after_probes = 3, fail_after_ms = 5000, drain_ms = 1000,
+          http_port = -1, http_threads = 2, metrics_port = -1;
+  std::string http_host, api_keys_file;
+  nextserve::cli::TlsFiles public_tls, rank_tls;
   Flags flags(
       "nextserve-router --model DIR --ranks host:port[,host:port...] [--port P] [--host H] "
       "[--max-queue N]");
@@ -47,12 +50,26 @@ int Run(int argc, char** argv) {
             "requests sent to a rank beyond its state slots (-1: as many as it has slots)");
   flags.Int("poll-ms", &poll_ms, "how often each rank's load is polled");
   flags.Int("probe-timeout-ms", &probe_timeout_ms,
-            "a rank that does not answer a poll this fast is unhealthy");
+            "a rank that does not answer a poll this fast is suspect: no new work, streams kept");
+  flags.Int("fail-after-probes", &fail_after_probes,
+            "a suspect rank is down (its streams end UNAVAILABLE) after this many missed polls in "
+            "a row...");
+  flags.Int("fail-after-ms", &fail_after_ms,
+            "...and no answer for this long (a broken connection is down at once)");
   flags.Int("http-port", &http_port,
             "OpenAI-compatible HTTP port (/v1/chat/completions, /v1/completions, /v1/models, "
             "/health); 0: any free port; -1 (default): off");
   flags.String("http-host", &http_host, "address for the HTTP port (default: --host)");
   flags.Int("http-threads", &http_threads, "I/O threads for the HTTP port (default 2)");
+  nextserve::cli::AddTlsFlags(flags, "tls", "the public gRPC port (with -ca: mutual TLS)",
+                              &public_tls);
+  nextserve::cli::AddTlsFlags(flags, "rank-tls",
+                              "the router's channels to the ranks (-ca verifies them; -cert/-key "
+                              "is the router's client certificate)",
+                              &rank_tls);
+  flags.String("api-keys-file", &api_keys_file,
+               "API keys, one per line: KEY [label=NAME] [max_in_flight=N]; also read from "
+               "$NEXTSERVE_API_KEYS (KEY[:N],...). With any key, every public call needs one");
   flags.Int("drain-ms", &drain_ms, "on SIGTERM/SIGINT, how long requests in flight may finish");
   flags.Int("metrics-port", &metrics_port,
             "Prometheus /metrics port; 0: any free port, printed at start; -1 (default): off");
@@ -72,9 +89,11 @@ int Run(int argc, char** argv) {
     return Flags::Report(absl::InvalidArgumentError("--http-port must be in [-1, 65535]"), flags);
   if (http_threads < 1)
     return Flags::Report(absl::InvalidArgumentError("--http-threads must be >= 1"), flags);
-  if (poll_ms < 1 || probe_timeout_ms < 1) {
-    return Flags::Report(
-        absl::InvalidArgumentError("--poll-ms and --probe-timeout-ms must be >= 1"), flags);
+  if (poll_ms < 1 || probe_timeout_ms < 1 || fail_after_probes < 1 || fail_after_ms < 0) {
+    return Flags::Report(absl::InvalidArgumentError(
+                             "--poll-ms, --probe-timeout-ms and --fail-after-probes must be >= 1, "
+                             "--fail-after-ms >= 0"),
+                         flags);
   }
 
   // gRPC 1.51 notices a reconnection to a rank that came back only when some thread polls; its
@@ -95,14 +114,37 @@ int Run(int argc, char** argv) {
   }
   if (!model_name.empty()) model->name = model_name;
 
-  nextserve::router::RankPool pool(ranks, {.poll_interval = absl::Milliseconds(poll_ms),
-                                           .probe_timeout = absl::Milliseconds(probe_timeout_ms),
-                                           .max_queue = static_cast<int>(max_queue),
-                                           .rank_queue_depth = static_cast<int>(rank_queue_depth)});
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> public_credentials =
+      nextserve::cli::ServerCredentials(public_tls);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> rank_credentials =
+      nextserve::cli::ChannelCredentials(rank_tls);
+  absl::StatusOr<std::unique_ptr<nextserve::router::ApiKeys>> api_keys =
+      nextserve::router::ApiKeys::Load(api_keys_file, "NEXTSERVE_API_KEYS");
+  for (const absl::Status& s :
+       {public_credentials.status(), rank_credentials.status(), api_keys.status()}) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "nextserve-router: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  if ((*api_keys)->enabled()) {
+    std::fprintf(stderr, "nextserve-router: %zu API keys loaded; every public call needs one\n",
+                 (*api_keys)->size());
+  }
+
+  nextserve::router::RankPool pool(ranks,
+                                   {.poll_interval = absl::Milliseconds(poll_ms),
+                                    .probe_timeout = absl::Milliseconds(probe_timeout_ms),
+                                    .fail_after_missed_probes = static_cast<int>(fail_after_probes),
+                                    .fail_after = absl::Milliseconds(fail_after_ms),
+                                    .max_queue = static_cast<int>(max_queue),
+                                    .rank_queue_depth = static_cast<int>(rank_queue_depth),
+                                    .credentials = *rank_credentials});
   nextserve::metrics::PrometheusRegistry metrics_registry;
   std::optional<nextserve::metrics::RouterMetrics> metrics;
   if (metrics_port >= 0) metrics.emplace(metrics_registry, model->name);
   nextserve::router::ServiceOptions service_options;
+  service_options.api_keys = api_keys->get();
   service_options.metrics = metrics ? &*metrics : nullptr;
   nextserve::router::InferenceService service(*model, pool, service_options);
   std::unique_ptr<nextserve::metrics::PrometheusExporter> exporter;  // stops before `pool` goes
@@ -127,8 +169,7 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
-                           &selected_port);
+  builder.AddListeningPort(absl::StrCat(host, ":", port), *public_credentials, &selected_port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(16 << 20);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
@@ -153,7 +194,8 @@ int Run(int argc, char** argv) {
   std::unique_ptr<nextserve::router::HttpServer> http;
   if (http_port >= 0) {
     openai = std::make_unique<nextserve::router::OpenAiFrontend>(
-        server->InProcessChannel(grpc::ChannelArguments()), *model->tokenizer, model->name);
+        server->InProcessChannel(grpc::ChannelArguments()), *model->tokenizer, model->name,
+        [&pool] { return pool.healthy_count(); });
     absl::StatusOr<std::unique_ptr<nextserve::router::HttpServer>> started =
         nextserve::router::HttpServer::Start(
             {.host = http_host.empty() ? host : http_host,

@@ -69,6 +69,11 @@ struct InferenceService::Progress {
   std::optional<bool> finished_by_length = std::nullopt;
 };
 
+absl::StatusOr<ApiKeys::Lease> InferenceService::Authorize(const grpc::ServerContext& ctx) {
+  if (options_.api_keys == nullptr) return ApiKeys::Lease();
+  return options_.api_keys->Admit(ctx);
+}
+
 InferenceService::InferenceService(const ModelSpec& model, RankPool& pool, ServiceOptions options)
     : model_(model), pool_(pool), options_(options), id_salt_(std::random_device{}()) {
   watcher_ = std::thread([this] { WatchLoop(); });
@@ -133,6 +138,8 @@ grpc::Status InferenceService::GenerateUnrecorded(grpc::ServerContext* ctx,
                                                   grpc::ServerWriter<v1::GenerateResponse>* writer,
                                                   std::optional<Progress>& recorded) {
   const absl::Time arrival = absl::Now();
+  absl::StatusOr<ApiKeys::Lease> key = Authorize(*ctx);  // held until the stream ends
+  if (!key.ok()) return ToGrpc(key.status());
   const std::string request_id =
       request->request_id().empty()
           ? absl::StrCat("req-", absl::Hex(id_salt_ & 0xffffffff), "-", next_id_.fetch_add(1))
@@ -344,8 +351,10 @@ InferenceService::Attempt InferenceService::RunOnRank(
           false};
 }
 
-grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+grpc::Status InferenceService::Tokenize(grpc::ServerContext* ctx,
+                                        const v1::TokenizeRequest* request,
                                         v1::TokenizeResponse* response) {
+  if (absl::StatusOr<ApiKeys::Lease> key = Authorize(*ctx); !key.ok()) return ToGrpc(key.status());
   absl::StatusOr<std::vector<int32_t>> ids;
   switch (request->input_case()) {
     case v1::TokenizeRequest::kText:
@@ -363,9 +372,10 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::Tokenize
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::Detokenize(grpc::ServerContext*,
+grpc::Status InferenceService::Detokenize(grpc::ServerContext* ctx,
                                           const v1::DetokenizeRequest* request,
                                           v1::DetokenizeResponse* response) {
+  if (absl::StatusOr<ApiKeys::Lease> key = Authorize(*ctx); !key.ok()) return ToGrpc(key.status());
   absl::StatusOr<std::string> text =
       DetokenizeIds(request->ids(), request->skip_special_tokens(), model_);
   if (!text.ok()) return ToGrpc(text.status());
@@ -373,8 +383,10 @@ grpc::Status InferenceService::Detokenize(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* ctx,
+                                            const v1::GetModelInfoRequest*,
                                             v1::ModelInfo* response) {
+  if (absl::StatusOr<ApiKeys::Lease> key = Authorize(*ctx); !key.ok()) return ToGrpc(key.status());
   response->set_model(model_.name);
   response->set_vocab_size(model_.vocab_size);
   int64_t max_context = model_.max_position_embeddings;

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "metrics/serving.h"
 #include "nextserve/v1/inference.grpc.pb.h"
+#include "router/api_keys.h"
 #include "router/model_spec.h"
 #include "router/rank_pool.h"
 #include "router/request.h"
@@ -23,6 +24,7 @@ namespace nextserve::router {
 
 struct ServiceOptions {
   RequestLimits limits;
+  ApiKeys* api_keys = nullptr;  // not owned; null or empty: every call is admitted
   absl::Duration watch_interval = absl::Milliseconds(5);
   metrics::RouterMetrics* metrics = nullptr;  // not owned; null: none recorded
 };
@@ -58,6 +60,7 @@ class InferenceService final : public v1::Inference::Service {
                     const ResolvedRequest& request, const std::string& request_id,
                     const RankLease& lease, Progress& progress);
   void WatchLoop();
+  absl::StatusOr<ApiKeys::Lease> Authorize(const grpc::ServerContext& ctx);
 
   const ModelSpec& model_;
   RankPool& pool_;

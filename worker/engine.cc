@@ -24,12 +24,8 @@ Engine::Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* ba
           options.max_context > 0 ? options.max_context : model_.config().max_position_embeddings,
           options.cache.max_blocks * options.cache.block_size)),
       scheduler_(options.scheduler, [this] { return model_.NewSequence(); }) {
-  load_.total_blocks = options.cache.max_blocks;
-  load_.free_blocks = options.cache.max_blocks;
-  load_.total_slots = options.cache.max_slots;
-  load_.free_slots = options.cache.max_slots;
-  load_.block_tokens = options.cache.block_size;
-  load_.max_context = max_context_;
+  published_.free_blocks = options.cache.max_blocks;
+  published_.free_slots = options.cache.max_slots;
   grouped_ = model_.communicator().size() > 1;
   thread_ = std::thread([this] { grouped_ ? GroupLoop() : Loop(); });
 }
@@ -99,8 +95,17 @@ bool Engine::Abort(const std::string& id) {
 }
 
 EngineLoad Engine::Load() const {
-  std::lock_guard lock(mu_);
-  return load_;
+  constexpr auto kRelaxed = std::memory_order_relaxed;  // independent counters, each current
+  return {.running = published_.running.load(kRelaxed),
+          .waiting = published_.waiting.load(kRelaxed),
+          .free_blocks = published_.free_blocks.load(kRelaxed),
+          .total_blocks = options_.cache.max_blocks,
+          .free_slots = published_.free_slots.load(kRelaxed),
+          .total_slots = options_.cache.max_slots,
+          .block_tokens = options_.cache.block_size,
+          .max_context = max_context_,
+          .steps = published_.steps.load(kRelaxed),
+          .preemptions = published_.preemptions.load(kRelaxed)};
 }
 
 void Engine::Finish(Request* r, worker::Finish how, std::string error, bool unavailable) {
@@ -286,18 +291,22 @@ void Engine::Step() {
     options_.metrics->RecordStep(SecondsSince(step_start), profile.communication,
                                  profile.all_to_all_bytes, model_.expert_token_counts());
   }
-  std::lock_guard lock(mu_);
-  load_.steps += 1;
+  published_.steps.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Engine::PublishLoad() {
-  std::lock_guard lock(mu_);
+  int64_t incoming = 0;
+  {
+    std::lock_guard lock(mu_);
+    incoming = static_cast<int64_t>(incoming_.size());
+  }
+  constexpr auto kRelaxed = std::memory_order_relaxed;
   CachePool& pool = model_.cache_pool();
-  load_.running = scheduler_.running();
-  load_.waiting = scheduler_.waiting() + static_cast<int64_t>(incoming_.size());
-  load_.free_blocks = pool.free_blocks();
-  load_.free_slots = pool.free_slots();
-  load_.preemptions = scheduler_.preemptions();
+  published_.running.store(scheduler_.running(), kRelaxed);
+  published_.waiting.store(scheduler_.waiting() + incoming, kRelaxed);
+  published_.free_blocks.store(pool.free_blocks(), kRelaxed);
+  published_.free_slots.store(pool.free_slots(), kRelaxed);
+  published_.preemptions.store(scheduler_.preemptions(), kRelaxed);
 }
 
 }  // namespace nextserve::worker

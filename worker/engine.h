@@ -57,6 +57,8 @@ class Engine {
   absl::StatusOr<std::shared_ptr<OutputChannel>> Submit(SubmitSpec spec);
   // Ends the request at the next step (kAborted) and frees its cache. False if unknown or done.
   bool Abort(const std::string& id);
+  // A snapshot the engine thread publishes after each step; never waits on the engine (atomics),
+  // so health and load answers stay prompt however long a step takes.
   EngineLoad Load() const;
   const ModelConfig& config() const { return model_.config(); }
   int64_t max_context() const { return max_context_; }
@@ -79,7 +81,12 @@ class Engine {
   std::vector<std::unique_ptr<Request>> incoming_;  // guarded by mu_
   std::vector<std::string> aborts_;                 // guarded by mu_
   std::vector<std::string> live_ids_;               // guarded by mu_: submitted, not finished
-  EngineLoad load_;                                 // guarded by mu_: published after each step
+  // What Load() reports: written by the engine thread, read by anyone without a lock.
+  struct PublishedLoad {
+    std::atomic<int64_t> running{0}, waiting{0}, free_blocks{0}, free_slots{0};
+    std::atomic<int64_t> steps{0}, preemptions{0};
+  };
+  PublishedLoad published_;
   bool stop_ = false;
   std::string broken_;  // guarded by mu_: why the group failed (then every Submit is refused)
   bool grouped_ = false;

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/flags.h"
+#include "cli/tls.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -43,6 +44,11 @@ int main(int argc, char** argv) {
   flags.String("expert-placement", &placement_file,
                "file with the rank of each routed expert, one per line (default: contiguous)");
   flags.Int("rank-id", &rank_id, "this rank's number, reported in its load (default 0)");
+  nextserve::cli::TlsFiles tls;
+  nextserve::cli::AddTlsFlags(flags, "tls",
+                              "the internal port (with -ca: only clients with a certificate it "
+                              "signed, i.e. routers, may call)",
+                              &tls);
   flags.Int("metrics-port", &metrics_port,
             "Prometheus /metrics port (a group's rank r: port + r); 0: any free port, printed; "
             "-1 (default): off");
@@ -64,6 +70,12 @@ int main(int argc, char** argv) {
   if (metrics_port < -1 || metrics_port > 65535) {
     return nextserve::cli::Flags::Report(
         absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"), flags);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      nextserve::cli::ServerCredentials(tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(credentials.status().message()).c_str());
+    return 2;
   }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 
@@ -139,8 +151,7 @@ int main(int argc, char** argv) {
   int bound_port = 0;
   // In a group, rank r takes --port + r (gRPC would let them share one port with SO_REUSEPORT).
   const int64_t listen_port = port == 0 ? 0 : port + (group_size > 1 ? rank_id : 0);
-  builder.AddListeningPort(absl::StrCat(host, ":", listen_port), grpc::InsecureServerCredentials(),
-                           &bound_port);
+  builder.AddListeningPort(absl::StrCat(host, ":", listen_port), *credentials, &bound_port);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -106,8 +106,8 @@ grpc::Status RankService::Abort(grpc::ServerContext*, const pb::AbortRequest* re
   return grpc::Status::OK;
 }
 
-grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*,
-                                  pb::LoadReport* response) {
+grpc::ServerUnaryReactor* RankService::GetLoad(grpc::CallbackServerContext* context,
+                                               const pb::LoadRequest*, pb::LoadReport* response) {
   const EngineLoad load = engine_->Load();
   response->set_running(static_cast<int32_t>(load.running));
   response->set_waiting(static_cast<int32_t>(load.waiting));
@@ -118,7 +118,9 @@ grpc::Status RankService::GetLoad(grpc::ServerContext*, const pb::LoadRequest*,
   response->set_kv_block_tokens(load.block_tokens);
   response->set_max_context(load.max_context);
   response->set_rank(rank_id_);
-  return grpc::Status::OK;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 }  // namespace nextserve::worker

@@ -1,4 +1,7 @@
 // nextserve.internal.v1.Rank over gRPC: bridges Submit streams, Abort and GetLoad to the Engine.
+// Submit and Abort are sync methods (a thread per stream); GetLoad is a callback method, answered
+// on gRPC's own threads from the engine's published snapshot, so a probe never queues behind the
+// streams or waits on a step.
 #pragma once
 
 #include <memory>
@@ -8,7 +11,8 @@
 
 namespace nextserve::worker {
 
-class RankService final : public nextserve::internal::v1::Rank::Service {
+class RankService final : public nextserve::internal::v1::Rank::WithCallbackMethod_GetLoad<
+                              nextserve::internal::v1::Rank::Service> {
  public:
   RankService(Engine* engine, int32_t rank_id) : engine_(engine), rank_id_(rank_id) {}
 
@@ -16,8 +20,9 @@ class RankService final : public nextserve::internal::v1::Rank::Service {
                       grpc::ServerWriter<internal::v1::SubmitResponse>* writer) override;
   grpc::Status Abort(grpc::ServerContext* context, const internal::v1::AbortRequest* request,
                      internal::v1::AbortResponse* response) override;
-  grpc::Status GetLoad(grpc::ServerContext* context, const internal::v1::LoadRequest* request,
-                       internal::v1::LoadReport* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
+                                    const internal::v1::LoadRequest* request,
+                                    internal::v1::LoadReport* response) override;
 
  private:
   Engine* engine_;

@@ -16,13 +16,17 @@ void Apply(const CallOptions& options, grpc::ClientContext* ctx) {
 }
 
 // `max_backoff_ms` bounds the wait between reconnection attempts to a server that is not up yet.
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, int max_backoff_ms = 1000) {
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, int max_backoff_ms = 1000,
+                                           const ConnectOptions& options = {}) {
   grpc::ChannelArguments args;
+  if (!options.server_name.empty()) args.SetSslTargetNameOverride(options.server_name);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(
+      address, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(),
+      args);
 }
 
 }  // namespace
@@ -53,16 +57,24 @@ absl::Status GenerateStream::Finish() {
   return status_;
 }
 
-Client::Client(std::shared_ptr<grpc::Channel> channel)
-    : channel_(std::move(channel)), stub_(v1::Inference::NewStub(channel_)) {}
+Client::Client(std::shared_ptr<grpc::Channel> channel, std::string api_key)
+    : channel_(std::move(channel)),
+      api_key_(std::move(api_key)),
+      stub_(v1::Inference::NewStub(channel_)) {}
 
-std::unique_ptr<Client> Client::Create(const std::string& address) {
-  return std::unique_ptr<Client>(new Client(MakeChannel(address)));
+void Client::Prepare(const CallOptions& options, grpc::ClientContext* ctx) const {
+  Apply(options, ctx);
+  if (!api_key_.empty()) ctx->AddMetadata("authorization", "Bearer " + api_key_);
+}
+
+std::unique_ptr<Client> Client::Create(const std::string& address, const ConnectOptions& options) {
+  return std::unique_ptr<Client>(new Client(MakeChannel(address, 1000, options), options.api_key));
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
-                                                        absl::Duration connect_timeout) {
-  std::unique_ptr<Client> client = Create(address);
+                                                        absl::Duration connect_timeout,
+                                                        const ConnectOptions& options) {
+  std::unique_ptr<Client> client = Create(address, options);
   if (!client->channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
     return absl::UnavailableError(absl::StrCat("cannot connect to ", address, " within ",
                                                absl::FormatDuration(connect_timeout)));
@@ -73,7 +85,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
 std::unique_ptr<GenerateStream> Client::StartGenerate(const v1::GenerateRequest& request,
                                                       const CallOptions& options) {
   std::unique_ptr<GenerateStream> stream(new GenerateStream);
-  Apply(options, &stream->ctx_);
+  Prepare(options, &stream->ctx_);
   stream->reader_ = stub_->Generate(&stream->ctx_, request);
   return stream;
 }
@@ -112,7 +124,7 @@ absl::StatusOr<GenerateResult> Client::Generate(
 absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text,
                                                       const CallOptions& options) {
   grpc::ClientContext ctx;
-  Apply(options, &ctx);
+  Prepare(options, &ctx);
   v1::TokenizeRequest request;
   request.set_text(text);
   v1::TokenizeResponse response;
@@ -123,7 +135,7 @@ absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text,
 absl::StatusOr<std::vector<int32_t>> Client::TokenizeChat(const v1::Chat& chat,
                                                           const CallOptions& options) {
   grpc::ClientContext ctx;
-  Apply(options, &ctx);
+  Prepare(options, &ctx);
   v1::TokenizeRequest request;
   *request.mutable_chat() = chat;
   v1::TokenizeResponse response;
@@ -135,7 +147,7 @@ absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& ids,
                                                bool skip_special_tokens,
                                                const CallOptions& options) {
   grpc::ClientContext ctx;
-  Apply(options, &ctx);
+  Prepare(options, &ctx);
   v1::DetokenizeRequest request;
   request.mutable_ids()->Add(ids.begin(), ids.end());
   request.set_skip_special_tokens(skip_special_tokens);
@@ -146,7 +158,7 @@ absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& ids,
 
 absl::StatusOr<v1::ModelInfo> Client::GetModelInfo(const CallOptions& options) {
   grpc::ClientContext ctx;
-  Apply(options, &ctx);
+  Prepare(options, &ctx);
   v1::ModelInfo info;
   if (grpc::Status s = stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info); !s.ok())
     return FromGrpc(s);

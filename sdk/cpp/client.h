@@ -38,6 +38,13 @@ struct GenerateResult {
   v1::Final final;
 };
 
+// How to reach a server that wants TLS or an API key.
+struct ConnectOptions {
+  std::string api_key;  // sent as `authorization: Bearer <key>` on every call
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // null: plaintext
+  std::string server_name;  // overrides the name checked in the server's certificate
+};
+
 // grpc::Status -> absl::Status (same code numbers).
 absl::Status FromGrpc(const grpc::Status& status);
 
@@ -64,9 +71,11 @@ class Client {
  public:
   // `address` is host:port. Fails (Unavailable) if no connection is made within `connect_timeout`.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
-      const std::string& address, absl::Duration connect_timeout = absl::Seconds(5));
+      const std::string& address, absl::Duration connect_timeout = absl::Seconds(5),
+      const ConnectOptions& options = {});
   // Without waiting for a connection (the first call connects).
-  static std::unique_ptr<Client> Create(const std::string& address);
+  static std::unique_ptr<Client> Create(const std::string& address,
+                                        const ConnectOptions& options = {});
 
   std::unique_ptr<GenerateStream> StartGenerate(const v1::GenerateRequest& request,
                                                 const CallOptions& options = {});
@@ -92,8 +101,10 @@ class Client {
   v1::Inference::Stub* stub() { return stub_.get(); }
 
  private:
-  explicit Client(std::shared_ptr<grpc::Channel> channel);
+  Client(std::shared_ptr<grpc::Channel> channel, std::string api_key);
+  void Prepare(const CallOptions& options, grpc::ClientContext* ctx) const;
   std::shared_ptr<grpc::Channel> channel_;
+  std::string api_key_;
   std::unique_ptr<v1::Inference::Stub> stub_;
 };
 

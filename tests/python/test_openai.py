@@ -8,6 +8,8 @@ import subprocess
 import time
 
 import openai
+
+from conftest import listen_address
 import pytest
 
 MODEL = "model"  # the served model's name: its directory's (conftest writes <tmp>/model)
@@ -217,3 +219,58 @@ def test_client_disconnect_mid_stream_frees_the_rank(oai, cluster):
             break
     stream.close()  # closes the HTTP connection
     cluster.wait_ranks_idle(timeout=3)
+
+
+@pytest.fixture(scope="module")
+def tight(cluster, tmp_path_factory):
+    """A second router over one rank with a single state slot, no rank queue and no router queue:
+    one stream fills it. And a router whose only rank does not exist."""
+    from conftest import Process
+
+    d = tmp_path_factory.mktemp("tight")
+    from conftest import BIN
+
+    rank = Process([str(BIN / "nextserve-rank"), "--model", str(cluster.model_dir), "--port", "0",
+                    "--threads", "1", "--state-slots", "1"], d / "rank.log", env={"OMP_NUM_THREADS": "1"})
+    procs = [rank]
+    try:
+        rank_addr = listen_address(rank.wait_line("listening on"))
+        full = Process([str(BIN / "nextserve-router"), "--model", str(cluster.model_dir), "--ranks", rank_addr,
+                        "--port", "0", "--http-port", "0", "--model-name", MODEL, "--max-queue", "0",
+                        "--rank-queue-depth", "0"], d / "full.log")
+        procs.append(full)
+        listen_address(full.wait_line("listening on"))
+        full_http = listen_address(full.wait_line("HTTP (OpenAI-compatible) listening on"))
+        nowhere = Process([str(BIN / "nextserve-router"), "--model", str(cluster.model_dir), "--ranks",
+                           "127.0.0.1:1", "--port", "0", "--http-port", "0", "--model-name", MODEL],
+                          d / "nowhere.log")
+        procs.append(nowhere)
+        listen_address(nowhere.wait_line("listening on"))
+        nowhere_http = listen_address(nowhere.wait_line("HTTP (OpenAI-compatible) listening on"))
+        deadline = time.monotonic() + 30
+        while subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                              f"http://{full_http}/health"], capture_output=True, text=True).stdout != "200":
+            assert time.monotonic() < deadline, "the tight router never saw its rank"
+            time.sleep(0.05)
+        yield {"full": full_http, "nowhere": nowhere_http}
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_queue_full_is_429_and_no_rank_is_503(tight):
+    full = openai.OpenAI(base_url=f"http://{tight['full']}/v1", api_key="x", max_retries=0, timeout=30)
+    stream = full.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1500, stream=True,
+                                          extra_body={"ignore_eos": True})
+    next(iter(stream))  # the one slot is taken
+    with pytest.raises(openai.RateLimitError) as e:
+        full.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+    assert e.value.status_code == 429
+    stream.close()
+    nowhere = openai.OpenAI(base_url=f"http://{tight['nowhere']}/v1", api_key="x", max_retries=0, timeout=30)
+    with pytest.raises(openai.InternalServerError) as e:
+        nowhere.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+    assert e.value.status_code == 503
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{tight['nowhere']}/health"],
+                         capture_output=True, text=True)
+    assert out.stdout == "503"
