@@ -342,6 +342,8 @@ absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h,
   std::vector<float> recv(recv_records * record_floats);
   if (auto s = comm_->AllToAllV(send.data(), send_counts, recv.data(), recv_counts); !s.ok())
     return s;
+  if (step.profile)
+    for (int64_t b : send_counts) step.profile->all_to_all_bytes += b;
   exchange_timer.Stop();
 
   // Local experts over the received records, in ascending expert id.
@@ -401,6 +403,8 @@ absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h,
   ScopedTimer combine_timer(step.timer(&ForwardProfile::communication));
   if (auto s = comm_->AllToAllV(partial.data(), back_send, combined.data(), back_recv); !s.ok())
     return s;
+  if (step.profile)
+    for (int64_t b : back_send) step.profile->all_to_all_bytes += b;
   combine_timer.Stop();
 
   // Shared expert, then the routed partial sums in rank order.

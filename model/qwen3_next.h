@@ -30,7 +30,8 @@ struct SequenceInput {
 // Timings of the parts of one forward call, for benchmarks (seconds, summed over layers).
 struct ForwardProfile {
   double linear = 0, attention = 0, delta_net = 0, moe = 0, lm_head = 0;
-  double communication = 0;  // inside moe: counts exchange, dispatch and combine
+  double communication = 0;      // inside moe: counts exchange, dispatch and combine
+  int64_t all_to_all_bytes = 0;  // payload this rank sent (dispatch + combine)
 };
 
 class Qwen3NextModel {

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,8 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "metrics/prometheus.h"
+#include "metrics/serving.h"
 #include "router/api_keys.h"
 #include "router/http_server.h"
 #include "router/model_spec.h"
@@ -30,7 +33,7 @@ int Run(int argc, char** argv) {
   std::string model_dir, ranks_flag, host = "127.0.0.1", model_name;
   int64_t port = 8000, max_queue = 256, rank_queue_depth = -1, poll_ms = 150,
           probe_timeout_ms = 1000, fail_after_probes = 3, fail_after_ms = 5000, drain_grace_s = 30,
-          max_moves = 3, http_port = -1, http_threads = 2;
+          max_moves = 3, http_port = -1, http_threads = 2, metrics_port = -1;
   std::string http_host, api_keys_file;
   nextserve::cli::TlsFiles public_tls, rank_tls;
   Flags flags(
@@ -74,6 +77,8 @@ int Run(int argc, char** argv) {
   flags.Int("max-moves", &max_moves,
             "how many times a request that streamed tokens may move to another rank after its "
             "rank is lost (0: never; then it ends UNAVAILABLE)");
+  flags.Int("metrics-port", &metrics_port,
+            "Prometheus /metrics port; 0: any free port, printed at start; -1 (default): off");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return Flags::Report(s, flags);
   if (model_dir.empty())
     return Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
@@ -83,6 +88,9 @@ int Run(int argc, char** argv) {
     return Flags::Report(absl::InvalidArgumentError("--port must be in [0, 65535]"), flags);
   if (max_queue < 0)
     return Flags::Report(absl::InvalidArgumentError("--max-queue must be >= 0"), flags);
+  if (metrics_port < -1 || metrics_port > 65535)
+    return Flags::Report(absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"),
+                         flags);
   if (http_port < -1 || http_port > 65535)
     return Flags::Report(absl::InvalidArgumentError("--http-port must be in [-1, 65535]"), flags);
   if (http_threads < 1)
@@ -142,8 +150,31 @@ int Run(int argc, char** argv) {
                                     .max_queue = static_cast<int>(max_queue),
                                     .rank_queue_depth = static_cast<int>(rank_queue_depth),
                                     .credentials = *rank_credentials});
-  nextserve::router::InferenceService service(
-      *model, pool, {.api_keys = api_keys->get(), .max_moves = static_cast<int>(max_moves)});
+  nextserve::metrics::PrometheusRegistry metrics_registry;
+  std::optional<nextserve::metrics::RouterMetrics> metrics;
+  if (metrics_port >= 0) metrics.emplace(metrics_registry, model->name);
+  nextserve::router::ServiceOptions service_options;
+  service_options.api_keys = api_keys->get();
+  service_options.max_moves = static_cast<int>(max_moves);
+  service_options.metrics = metrics ? &*metrics : nullptr;
+  nextserve::router::InferenceService service(*model, pool, service_options);
+  std::unique_ptr<nextserve::metrics::PrometheusExporter> exporter;  // stops before `pool` goes
+  if (metrics) {
+    metrics_registry.OnCollect([&pool, m = &*metrics] {
+      m->queue_depth.Set(pool.queued());
+      m->healthy_ranks.Set(pool.healthy_count());
+    });
+    auto started = nextserve::metrics::PrometheusExporter::Start(
+        host, static_cast<int>(metrics_port), metrics_registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "nextserve-router: %s\n",
+                   std::string(started.status().message()).c_str());
+      return 1;
+    }
+    exporter = *std::move(started);
+    std::printf("nextserve-router metrics on http://%s:%d/metrics\n", host.c_str(),
+                exporter->port());
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -65,6 +65,11 @@ struct InferenceService::Progress {
   std::vector<int32_t> generated;  // every token streamed; a moved request resubmits them
   int moves = 0;                   // times moved after its first token
   TextStream text;                 // stays here, so the text simply continues after a move
+  absl::Time last_token = absl::InfiniteFuture();  // for the inter-token latency
+  metrics::RouterMetrics* metrics = nullptr;
+  int64_t prompt_tokens = 0;
+  // Set when a Final was written: true by length, false by a stop token or string.
+  std::optional<bool> finished_by_length = std::nullopt;
 };
 
 absl::StatusOr<ApiKeys::Lease> InferenceService::Authorize(const grpc::ServerContext& ctx) {
@@ -127,6 +132,33 @@ void InferenceService::WatchLoop() {
 grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
                                         const v1::GenerateRequest* request,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  metrics::RouterMetrics* m = options_.metrics;
+  std::optional<Progress> progress;  // set once the request is valid
+  if (m == nullptr) return GenerateUnrecorded(ctx, request, writer, progress);
+  const absl::Time arrival = absl::Now();
+  const grpc::Status status = GenerateUnrecorded(ctx, request, writer, progress);
+  m->e2e_latency.Observe(absl::ToDoubleSeconds(absl::Now() - arrival));
+  if (progress.has_value()) {
+    m->prompt_tokens.Add(static_cast<double>(progress->prompt_tokens));
+    m->generation_tokens.Add(progress->completion_tokens);
+    if (progress->first_token != absl::InfiniteFuture()) {
+      m->time_to_first_token.Observe(
+          absl::ToDoubleSeconds(progress->first_token - progress->arrival));
+      m->queue_time.Observe(progress->queue_time_s);
+    }
+  }
+  if (status.ok() && progress.has_value() && progress->finished_by_length.has_value()) {
+    m->Finished(*progress->finished_by_length);
+  } else if (!status.ok()) {
+    m->Failed(status.error_code());
+  }
+  return status;
+}
+
+grpc::Status InferenceService::GenerateUnrecorded(grpc::ServerContext* ctx,
+                                                  const v1::GenerateRequest* request,
+                                                  grpc::ServerWriter<v1::GenerateResponse>* writer,
+                                                  std::optional<Progress>& recorded) {
   const absl::Time arrival = absl::Now();
   absl::StatusOr<ApiKeys::Lease> key = Authorize(*ctx);  // held until the stream ends
   if (!key.ok()) return ToGrpc(key.status());
@@ -159,7 +191,11 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
       ResolveGenerate(*request, model_, max_context, options_.limits);
   if (!resolved.ok()) return ToGrpc(resolved.status());
 
-  Progress progress{.arrival = arrival, .text = TextStream(*model_.tokenizer, resolved->stop)};
+  // The caller owns it, so that metrics can read it after the call.
+  Progress& progress = recorded.emplace(
+      Progress{.arrival = arrival, .text = TextStream(*model_.tokenizer, resolved->stop)});
+  progress.metrics = options_.metrics;
+  progress.prompt_tokens = static_cast<int64_t>(resolved->prompt_ids.size());
   int avoid = -1;
   bool retried_unsent = false;
   std::string lost;  // why the last rank could not carry on (for a move that finds no rank)
@@ -167,6 +203,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
     absl::StatusOr<RankLease> lease = pool_.Acquire(
         DeadlineOf(*ctx), [this, ctx] { return ctx->IsCancelled() || cut_.load(); }, avoid);
     if (!lease.ok()) {
+      if (progress.metrics && absl::IsResourceExhausted(lease.status()))
+        progress.metrics->rejected_queue_full.Add();
+      if (progress.metrics && absl::IsUnavailable(lease.status()))
+        progress.metrics->rejected_no_rank.Add();
       if (cut_.load()) {
         return grpc::Status(
             grpc::StatusCode::UNAVAILABLE,
@@ -246,6 +286,7 @@ InferenceService::Attempt InferenceService::RunOnRank(
     final_msg.set_request_id(request_id);
     v1::Final* f = final_msg.mutable_final();
     f->set_finish_reason(reason);
+    progress.finished_by_length = reason == v1::FINISH_REASON_LENGTH;
     f->set_stop_reason(stop_reason);
     v1::Usage* usage = f->mutable_usage();
     usage->set_prompt_tokens(static_cast<int32_t>(request.prompt_ids.size()));
@@ -275,6 +316,15 @@ InferenceService::Attempt InferenceService::RunOnRank(
     for (int i = 0; i < msg.token_ids_size() && !stopped; ++i) {
       const int32_t id = msg.token_ids(i);
       if (progress.first_token == absl::InfiniteFuture()) progress.first_token = absl::Now();
+      if (progress.metrics && i == 0) {  // tokens of one message arrived together: one gap each
+        const absl::Time now = absl::Now();
+        if (progress.last_token != absl::InfiniteFuture()) {
+          const double gap = absl::ToDoubleSeconds(now - progress.last_token);
+          for (int k = 0; k < msg.token_ids_size(); ++k)
+            progress.metrics->inter_token_latency.Observe(gap / msg.token_ids_size());
+        }
+        progress.last_token = now;
+      }
       ++progress.completion_tokens;
       progress.generated.push_back(id);
       delta->add_token_ids(id);

@@ -10,11 +10,13 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 
 #include "absl/time/time.h"
+#include "metrics/serving.h"
 #include "nextserve/v1/inference.grpc.pb.h"
 #include "router/api_keys.h"
 #include "router/model_spec.h"
@@ -30,6 +32,7 @@ struct ServiceOptions {
   // How many times one request that already streamed tokens may move to another rank after its
   // rank is lost; one more loss ends it with UNAVAILABLE.
   int max_moves = 3;
+  metrics::RouterMetrics* metrics = nullptr;  // not owned; null: none recorded
 };
 
 class InferenceService final : public v1::Inference::Service {
@@ -58,6 +61,10 @@ class InferenceService final : public v1::Inference::Service {
  private:
   struct ActiveCall;
   struct Progress;
+  // Generate without the request-level metrics; `progress` is set once the request is valid.
+  grpc::Status GenerateUnrecorded(grpc::ServerContext* ctx, const v1::GenerateRequest* request,
+                                  grpc::ServerWriter<v1::GenerateResponse>* writer,
+                                  std::optional<Progress>& progress);
   struct Attempt {
     grpc::Status status;
     bool movable = false;  // the rank was lost or refused it: another rank may carry on

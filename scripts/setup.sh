@@ -10,7 +10,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
   libopenmpi-dev openmpi-bin libpcre2-dev libicu-dev
-  opencl-headers ocl-icd-opencl-dev openssl libboost-dev curl
+  opencl-headers ocl-icd-opencl-dev openssl libboost-dev curl prometheus
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

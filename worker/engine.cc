@@ -195,7 +195,11 @@ void Engine::GroupLoop() {
     }
     // [work, stop]: step if any rank has work; stop together when any rank stops.
     int64_t flags[2] = {scheduler_.idle() ? 0 : 1, stopping ? 1 : 0};
-    if (auto s = comm.AllReduce(flags, 2, comm::ReduceOp::kMax); !s.ok()) {
+    const auto agree_start = std::chrono::steady_clock::now();
+    const absl::Status agreed = comm.AllReduce(flags, 2, comm::ReduceOp::kMax);
+    if (options_.metrics && flags[0] != 0)  // idle polls are not waiting for a slow rank
+      options_.metrics->step_sync_wait_seconds.Add(SecondsSince(agree_start));
+    if (auto s = agreed; !s.ok()) {
       FailAll(absl::StrCat("expert-parallel group failed: ", s.message()));
       return;
     }
@@ -211,6 +215,8 @@ void Engine::GroupLoop() {
 }
 
 void Engine::Step() {
+  const auto step_start = std::chrono::steady_clock::now();
+  ForwardProfile profile;
   std::vector<std::unique_ptr<Request>> unservable;
   std::vector<ScheduledWork> work = scheduler_.Schedule(model_.cache_pool(), &unservable);
   PublishLoad();  // admitted requests show as running before their first tokens go out
@@ -231,7 +237,7 @@ void Engine::Step() {
         w.request->out->Push(std::move(first));
       }
     }
-    auto logits = model_.Forward(batch);
+    auto logits = model_.Forward(batch, options_.metrics ? &profile : nullptr);
     if (!logits.ok() && grouped_ &&
         (absl::IsDeadlineExceeded(logits.status()) || absl::IsUnavailable(logits.status()) ||
          absl::IsDataLoss(logits.status()))) {
@@ -281,6 +287,10 @@ void Engine::Step() {
       }
       for (const std::string& id : done) scheduler_.Remove(id);  // frees blocks and slot now
     }
+  }
+  if (options_.metrics) {
+    options_.metrics->RecordStep(SecondsSince(step_start), profile.communication,
+                                 profile.all_to_all_bytes, model_.expert_token_counts());
   }
   published_.steps.fetch_add(1, std::memory_order_relaxed);
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "metrics/serving.h"
 #include "model/qwen3_next.h"
 #include "sampling/params.h"
 #include "worker/request.h"
@@ -23,7 +24,8 @@ namespace nextserve::worker {
 struct EngineOptions {
   SchedulerLimits scheduler;
   CacheLimits cache;
-  int64_t max_context = 0;  // 0: the model's max_position_embeddings
+  int64_t max_context = 0;                  // 0: the model's max_position_embeddings
+  metrics::RankMetrics* metrics = nullptr;  // not owned; null: none recorded
 };
 
 struct EngineLoad {

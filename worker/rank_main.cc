@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,8 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
+#include "metrics/prometheus.h"
+#include "metrics/serving.h"
 #include "model/expert_placement.h"
 #include "model/weights.h"
 #include "worker/engine.h"
@@ -22,7 +25,9 @@
 #include "worker/rank_service.h"
 
 int main(int argc, char** argv) {
-  std::string model_dir, host = "127.0.0.1", placement_file;
+  std::string model_dir, host = "127.0.0.1", placement_file, model_name;
+  int64_t metrics_port = -1;
+  bool metrics_per_expert = false;
   int64_t port = 0, threads = 0, kv_blocks = 1024, state_slots = 64, block_size = 64,
           max_batch_tokens = 512, max_running = 64, rank_id = 0, max_context = 0,
           drain_grace_s = 30;
@@ -50,6 +55,12 @@ int main(int argc, char** argv) {
                               "the internal port (with -ca: only clients with a certificate it "
                               "signed, i.e. routers, may call)",
                               &tls);
+  flags.Int("metrics-port", &metrics_port,
+            "Prometheus /metrics port (a group's rank r: port + r); 0: any free port, printed; "
+            "-1 (default): off");
+  flags.Bool("metrics-per-expert", &metrics_per_expert,
+             "also export tokens per (layer, expert) held here (many series)");
+  flags.String("model-name", &model_name, "the metrics' model_name label (default: --model)");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
   if (model_dir.empty()) {
     return nextserve::cli::Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
@@ -61,6 +72,10 @@ int main(int argc, char** argv) {
             "--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
             "--max-running must be positive (--drain-grace-s >= 0)"),
         flags);
+  }
+  if (metrics_port < -1 || metrics_port > 65535) {
+    return nextserve::cli::Flags::Report(
+        absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"), flags);
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       nextserve::cli::ServerCredentials(tls);
@@ -89,9 +104,52 @@ int main(int argc, char** argv) {
   options.cache = {block_size, kv_blocks, state_slots};
   options.scheduler = {max_batch_tokens, max_running};
   options.max_context = max_context;
+  nextserve::metrics::PrometheusRegistry metrics_registry;
+  std::optional<nextserve::metrics::RankMetrics> metrics;
+  if (metrics_port >= 0) {
+    const auto& config = group->weights->config();
+    std::vector<int64_t> moe_layers;
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l)
+      if (config.is_moe_layer(l)) moe_layers.push_back(l);
+    metrics.emplace(metrics_registry, nextserve::metrics::RankMetrics::Options{
+                                          .model_name = model_name.empty() ? model_dir : model_name,
+                                          .rank = static_cast<int>(rank_id),
+                                          .layers = config.num_hidden_layers,
+                                          .moe_layers = moe_layers,
+                                          .experts = config.num_experts,
+                                          .per_expert = metrics_per_expert});
+    options.metrics = &*metrics;
+  }
   nextserve::worker::Engine engine(group->weights, backend.get(), options, group->comm.get(),
                                    group->placement);
   nextserve::worker::RankService service(&engine, static_cast<int32_t>(rank_id));
+  if (metrics) {
+    // Scheduler and cache state are read when scraped rather than updated on every step.
+    metrics_registry.OnCollect([&engine, m = &*metrics] {
+      const nextserve::worker::EngineLoad load = engine.Load();
+      m->requests_running.Set(static_cast<double>(load.running));
+      m->requests_waiting.Set(static_cast<double>(load.waiting));
+      if (load.total_blocks > 0)
+        m->kv_cache_usage.Set(1.0 - static_cast<double>(load.free_blocks) / load.total_blocks);
+      if (load.total_slots > 0)
+        m->state_slot_usage.Set(1.0 - static_cast<double>(load.free_slots) / load.total_slots);
+      m->SetPreemptionsTotal(load.preemptions);
+    });
+  }
+  // Declared after the engine, so it stops serving (and calling the hook) before the engine goes.
+  std::unique_ptr<nextserve::metrics::PrometheusExporter> exporter;
+  if (metrics) {
+    auto started = nextserve::metrics::PrometheusExporter::Start(
+        host, metrics_port == 0 ? 0 : metrics_port + (group_size > 1 ? rank_id : 0),
+        metrics_registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "error: %s\n", started.status().ToString().c_str());
+      return 1;
+    }
+    exporter = *std::move(started);
+    std::printf("nextserve-rank %ld metrics on http://%s:%d/metrics\n", rank_id, host.c_str(),
+                exporter->port());
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

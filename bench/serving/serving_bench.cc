@@ -12,6 +12,9 @@
 // Requests are greedy with eos ignored, so both paths generate exactly max_tokens tokens. Each
 // point runs direct, router, router, direct and pools the two runs of each path. "router cpu" on
 // the direct rows is the router's idle cost (its load polling); "added" subtracts it.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -246,6 +249,103 @@ absl::StatusOr<std::vector<LoadPoint>> ParsePoints(const std::string& concurrenc
   return points;
 }
 
+// GET /metrics once (what a Prometheus scrape costs the process); false when it did not answer.
+bool Scrape(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  if (ok) {
+    const std::string req = "GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n";
+    ok = write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size());
+    char buf[8192];
+    ssize_t got = 0;
+    for (ssize_t n; ok && (n = read(fd, buf, sizeof(buf))) > 0;) got += n;
+    ok = ok && got > 0;
+  }
+  close(fd);
+  return ok;
+}
+
+// --metrics-compare: the same requests through two clusters, metrics off and on (router and rank
+// --metrics-port, scraped every second as Prometheus would), off, on, on, off per load point.
+int CompareMetrics(const sdk::LocalClusterOptions& base, const std::vector<LoadPoint>& points,
+                   const std::vector<std::vector<int32_t>>& prompts, int64_t max_tokens,
+                   int64_t warmup, int64_t seed) {
+  const int router_metrics = sdk::FreeLoopbackPort(), rank_metrics = sdk::FreeLoopbackPort();
+  sdk::LocalClusterOptions on = base;
+  if (!base.log_dir.empty()) {  // the children's log names would collide
+    on.log_dir = (std::filesystem::path(base.log_dir) / "nextserve_bench_metrics_on").string();
+    std::filesystem::create_directories(on.log_dir);
+  }
+  on.router_args.insert(on.router_args.end(), {"--metrics-port", std::to_string(router_metrics)});
+  on.rank_args.insert(on.rank_args.end(), {"--metrics-port", std::to_string(rank_metrics)});
+  absl::StatusOr<std::unique_ptr<sdk::LocalCluster>> clusters[2] = {sdk::LocalCluster::Start(base),
+                                                                    sdk::LocalCluster::Start(on)};
+  for (auto& c : clusters) {
+    if (!c.ok()) {
+      std::fprintf(stderr, "serving_bench: %s\n", std::string(c.status().message()).c_str());
+      return 1;
+    }
+  }
+  if (!Scrape(router_metrics) || !Scrape(rank_metrics)) {
+    std::fprintf(stderr, "serving_bench: the metrics ports %d, %d do not answer\n", router_metrics,
+                 rank_metrics);
+    return 1;
+  }
+  std::atomic<bool> stop{false};
+  std::thread scraper([&] {
+    while (!stop.load()) {
+      Scrape(router_metrics);
+      Scrape(rank_metrics);
+      for (int i = 0; i < 10 && !stop.load(); ++i) usleep(100 * 1000);
+    }
+  });
+  RouterPath off_path((*clusters[0])->router_address()), on_path((*clusters[1])->router_address());
+  Path* paths[2] = {&off_path, &on_path};
+  std::vector<std::vector<int32_t>> warm(
+      prompts.begin(), prompts.begin() + std::min<int64_t>(warmup, prompts.size()));
+  for (Path* p : paths) RunLoad(*p, {"warmup", 1, 0}, warm, max_tokens, seed);
+  std::printf("metrics off vs on (router and rank, scraped every 1 s), %zu requests per point\n",
+              prompts.size());
+  std::printf("%-16s %-7s %9s %8s %8s %8s %8s %12s %12s\n", "load", "metrics", "tok/s", "ttft50",
+              "ttft99", "itl50", "itl99", "router cpu", "rank cpu");
+  std::printf("%-16s %-7s %9s %8s %8s %8s %8s %12s %12s\n", "", "", "", "ms", "ms", "ms", "ms",
+              "us/token", "us/token");
+  const double total_tokens = static_cast<double>(prompts.size() * max_tokens);
+  for (const LoadPoint& point : points) {
+    std::vector<Run> runs[2];
+    double router_cpu[2] = {0, 0}, rank_cpu[2] = {0, 0};
+    for (int k : {0, 1, 1, 0}) {
+      const pid_t router_pid = (*clusters[k])->router_pid(), rank_pid = (*clusters[k])->rank_pid(0);
+      const double r0 = CpuSeconds(router_pid), k0 = CpuSeconds(rank_pid);
+      runs[k].push_back(RunLoad(*paths[k], point, prompts, max_tokens, seed + runs[k].size()));
+      router_cpu[k] += (CpuSeconds(router_pid) - r0) / (2 * total_tokens) * 1e6;
+      rank_cpu[k] += (CpuSeconds(rank_pid) - k0) / (2 * total_tokens) * 1e6;
+    }
+    const Result res[2] = {Summarize(runs[0]), Summarize(runs[1])};
+    for (int k = 0; k < 2; ++k) {
+      const Result& r = res[k];
+      std::printf("%-16s %-7s %9.1f %8.2f %8.2f %8.2f %8.2f %12.1f %12.1f%s%s\n",
+                  point.name.c_str(), k == 0 ? "off" : "on", r.throughput, r.ttft[0], r.ttft[2],
+                  r.itl[0], r.itl[2], router_cpu[k], rank_cpu[k], r.failed ? "  FAILED: " : "",
+                  r.first_error.c_str());
+    }
+    std::printf("%-16s %-7s %8.1f%% %8.2f %8.2f %8.2f %8.2f %11.1f%% %11.1f%%\n", "", "on-off",
+                100.0 * (res[1].throughput / res[0].throughput - 1),
+                res[1].ttft[0] - res[0].ttft[0], res[1].ttft[2] - res[0].ttft[2],
+                res[1].itl[0] - res[0].itl[0], res[1].itl[2] - res[0].itl[2],
+                100.0 * (router_cpu[1] / router_cpu[0] - 1),
+                100.0 * (rank_cpu[1] / rank_cpu[0] - 1));
+    std::fflush(stdout);
+  }
+  stop = true;
+  scraper.join();
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   std::string model = (std::filesystem::path(ExecutableDir()) / ".." / "models" / "tiny")
                           .lexically_normal()
@@ -265,6 +365,9 @@ int Main(int argc, char** argv) {
   flags.Int("warmup", &warmup, "requests sent before measuring");
   flags.Int("seed", &seed, "seed for prompts and arrivals");
   flags.String("rank-args", &rank_args, "extra nextserve-rank flags, space-separated");
+  bool metrics_compare = false;
+  flags.Bool("metrics-compare", &metrics_compare,
+             "instead: metrics off vs on, through the router of two clusters (docs/metrics.md)");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return cli::Flags::Report(s, flags);
   absl::StatusOr<std::vector<LoadPoint>> points = ParsePoints(concurrency, rates);
   if (!points.ok()) return cli::Flags::Report(points.status(), flags);
@@ -282,6 +385,15 @@ int Main(int argc, char** argv) {
     options.rank_args.emplace_back(a);
   options.rank_env = {absl::StrCat("OMP_NUM_THREADS=", threads), "OMP_WAIT_POLICY=passive"};
   options.log_dir = std::filesystem::temp_directory_path().string();
+  if (metrics_compare) {
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::vector<std::vector<int32_t>> prompts(requests);
+    for (auto& p : prompts) {
+      p.resize(prompt_len);
+      for (int32_t& id : p) id = static_cast<int32_t>(rng() % 500);  // ids every model has
+    }
+    return CompareMetrics(options, *points, prompts, max_tokens, warmup, seed);
+  }
   auto cluster = sdk::LocalCluster::Start(options);
   if (!cluster.ok()) {
     std::fprintf(stderr, "serving_bench: %s\n", std::string(cluster.status().message()).c_str());

@@ -247,6 +247,20 @@ class ChartTest(unittest.TestCase):
                         self.fail(e.message)
         self.for_each(check)
 
+    def test_grafana_dashboard_configmap_is_the_deploy_dashboard(self):
+        with open(os.path.join(SOURCE, "deploy", "grafana", "nextserve-dashboard.json")) as f:
+            dashboard = json.load(f)
+        def check(r, _):
+            maps = [d for d in r.of_kind("ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+            if not r.values["grafana"]["dashboard"]["enabled"]:
+                self.assertEqual(maps, [])
+                return
+            self.assertEqual(len(maps), 1)
+            self.assertEqual(maps[0]["metadata"]["labels"].get("grafana_dashboard"), "1")
+            self.assertEqual(json.loads(maps[0]["data"]["nextserve-dashboard.json"]), dashboard)
+        self.for_each(check)
+        self.assertTrue(any(rendered(n).values["grafana"]["dashboard"]["enabled"] for n in VALUE_SETS))
+
     def test_invalid_values_are_rejected_by_the_schema(self):
         with helm.Chart.load(CHART) as chart:
             for bad, where in [({"ranks": {"groups": 0}}, "/ranks/groups"),
