@@ -32,6 +32,9 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" ${NEXTSERVE_CMAKE_ARGS:-}
 fi
 cmake --build "$BUILD_DIR" -j "$(nproc)"
+# Every Debian package the build used must come from APT_PACKAGES (or what they pull in): one that
+# is here only by chance breaks the README on a fresh machine (issue 8: the OpenCL packages).
+bash scripts/check-packages.sh "$BUILD_DIR" "${APT_PACKAGES[@]}"
 
 # --- tokenizer: the real Qwen vocabulary and Hugging Face's reference ids (tokenizer/README.md) ---
 # The vocabulary ships in the PyPI package dashscope (resources/qwen.tiktoken); only that file is
