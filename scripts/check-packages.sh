@@ -31,7 +31,7 @@ used="$tmp/used"  # lines: PATH <tab> where it came from
 
 # Cache entries: NAME:TYPE=VALUE; values may be ;-lists.
 optional='^(CMAKE_[A-Z]+_COMPILER_LAUNCHER|MEMORYCHECK_COMMAND|MEMORYCHECK_SUPPRESSIONS_FILE|COVERAGE_COMMAND|GITCOMMAND|CMAKE_INSTALL_PREFIX)$'
-grep -E '^[A-Za-z_][^:#]*:(FILEPATH|PATH)=/|^CMAKE_(COMMAND|CTEST_COMMAND):INTERNAL=/' "$cache" |
+{ grep -E '^[A-Za-z_][^:#]*:(FILEPATH|PATH)=/|^CMAKE_(COMMAND|CTEST_COMMAND):INTERNAL=/' "$cache" || true; } |
   while IFS= read -r line; do
     name=${line%%:*}
     value=${line#*=}
@@ -91,7 +91,7 @@ ninja -C "$build_dir" -t deps 2>/dev/null | awk -v s="$src_dir/" -v b="$build_di
 
 # Libraries on the link lines: absolute paths, and -lNAME resolved the way the compiler would.
 cxx=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$cache")
-grep -h '^ *LINK_LIBRARIES = ' "$build_dir/build.ninja" | tr ' ' '\n' | grep -E '^(/|-l)' | sort -u |
+{ grep -h '^ *LINK_LIBRARIES = ' "$build_dir/build.ninja" || true; } | tr ' ' '\n' | { grep -E '^(/|-l)' || true; } | sort -u |
   while IFS= read -r lib; do
     if [[ $lib == -l* ]]; then
       resolved=$("$cxx" -print-file-name="lib${lib#-l}.so")
@@ -120,7 +120,7 @@ xargs -d '\n' readlink -f <"$tmp/paths" | paste "$tmp/paths" - | awk -F'\t' -v O
     else if (q ~ /^\/(lib|bin|sbin)\//) print p, t, "/usr" q
   }
   { usr_alias($1, $1, 1); if ($2 != $1) usr_alias($1, $2, 2) }' | sort -u >"$tmp/aliases"
-cut -f3 "$tmp/aliases" | sort -u | xargs -d '\n' dpkg -S 2>/dev/null >"$tmp/owners" || true
+cut -f3 "$tmp/aliases" | sort -u | xargs -d '\n' dpkg -S 2>/dev/null | grep -v '^diversion ' >"$tmp/owners" || true
 
 # Installed packages, what they provide and depend on; Essential ones are on every Debian system.
 dpkg-query -W -f='${Package}\t${db:Status-Abbrev}\t${Essential}\t${Provides}\t${Pre-Depends}, ${Depends}\n' \
