@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_DIR=${NEXTSERVE_FUZZ_BUILD_DIR:-build-fuzz}
-SECONDS_EACH=${NEXTSERVE_FUZZ_SECONDS:-25}
+SECONDS_EACH=${NEXTSERVE_FUZZ_SECONDS:-30}
 
 if [ ! -f "$FUZZ_DIR/build.ninja" ]; then
   launcher=()
@@ -35,7 +35,7 @@ for r in "${runs[@]}"; do
   # New inputs go to a scratch directory (libFuzzer writes into the first one), so the committed
   # seeds stay as they are.
   scratch=$(mktemp -d)
-  args=(-max_total_time="$SECONDS_EACH" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048
+  args=(-max_total_time="$SECONDS_EACH" -max_len="$max_len" -timeout=25 -rss_limit_mb=2048
         -print_final_stats=1 -artifact_prefix="$artifacts/$target-")
   [ -n "$dict" ] && args+=(-dict="$dict")
   echo "fuzz-smoke: $target for ${SECONDS_EACH} s on $corpus"
