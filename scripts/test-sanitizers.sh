@@ -15,7 +15,8 @@ built=$SECONDS
 
 # A report fails the test: ASan and UBSan exit non-zero at the first error, LeakSanitizer at exit.
 # The suppressions are leaks inside system libraries (OpenMPI keeps its state until exit), each
-# with its reason in the file.
+# with its reason in the file; MPI ranks unwind malloc stacks slowly so that they match
+# (tests/sanitizers/default_options.cc).
 export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1:strict_init_order=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan-suppressions.txt:print_suppressions=0:${LSAN_OPTIONS:-}"
