@@ -4,7 +4,7 @@
 # Pre-Depends, alternatives and Provides included) or to an Essential package. A fresh machine
 # has only those, so a file from anything else means the README fails there.
 #
-#   bash scripts/check-packages.sh BUILD_DIR PACKAGE...      (setup.sh passes its APT_PACKAGES)
+#   bash scripts/check-packages.sh BUILD_DIR [PACKAGE...]   (default: setup.sh's APT_PACKAGES)
 #
 # The files, each with where it came from:
 #   - CMakeCache FILEPATH/PATH entries (and CMAKE_COMMAND); a find_path() directory such as
@@ -17,10 +17,14 @@
 # Tools that CMake finds but the build never runs are optional and not checked: the compiler
 # launcher (ccache), and CTest's memcheck/coverage/git commands.
 set -euo pipefail
-(($# >= 1)) || { echo "usage: $0 BUILD_DIR PACKAGE..." >&2; exit 2; }
+(($# >= 1)) || { echo "usage: $0 BUILD_DIR [PACKAGE...]" >&2; exit 2; }
 build_dir=$(cd "$1" && pwd)
 shift
 src_dir=$(cd "$(dirname "$0")/.." && pwd)
+if (($# == 0)); then  # no list given: setup.sh's
+  eval "$(sed -n '/^APT_PACKAGES=(/,/^)/p' "$src_dir/scripts/setup.sh")"
+  set -- "${APT_PACKAGES[@]}"
+fi
 cache="$build_dir/CMakeCache.txt"
 [ -f "$cache" ] && [ -f "$build_dir/build.ninja" ] ||
   { echo "check-packages: $build_dir is not a configured Ninja build" >&2; exit 2; }
@@ -30,12 +34,15 @@ trap 'rm -rf "$tmp"' EXIT
 used="$tmp/used"  # lines: PATH <tab> where it came from
 
 # Cache entries: NAME:TYPE=VALUE; values may be ;-lists.
+# Optional too: CMake's binutils probe, which takes LLVM's tools (llvm-ar, ld.lld) when they are
+# there and binutils' otherwise; the compiler's own packages pull binutils in.
 optional='^(CMAKE_[A-Z]+_COMPILER_LAUNCHER|MEMORYCHECK_COMMAND|MEMORYCHECK_SUPPRESSIONS_FILE|COVERAGE_COMMAND|GITCOMMAND|CMAKE_INSTALL_PREFIX)$'
+binutils='^CMAKE_(AR|RANLIB|LINKER|NM|OBJCOPY|OBJDUMP|READELF|STRIP|ADDR2LINE|DLLTOOL|[A-Z]+_COMPILER_(AR|RANLIB))$'
 { grep -E '^[A-Za-z_][^:#]*:(FILEPATH|PATH)=/|^CMAKE_(COMMAND|CTEST_COMMAND):INTERNAL=/' "$cache" || true; } |
   while IFS= read -r line; do
     name=${line%%:*}
     value=${line#*=}
-    [[ $name =~ $optional ]] && continue
+    [[ $name =~ $optional || $name =~ $binutils ]] && continue
     IFS=';' read -ra values <<<"$value"
     for v in "${values[@]}"; do
       [[ $v == /* && -e $v && $v != *-NOTFOUND ]] && printf '%s\t%s\n' "$v" "CMakeCache $name"

@@ -22,6 +22,8 @@ runs=(
 targets=()
 for r in "${runs[@]}"; do targets+=("${r%%:*}"); done
 cmake --build "$FUZZ_DIR" --target "${targets[@]}" -j "$(nproc)"
+# The clang tree uses packages of its own (clang's OpenMP, libomp-14-dev): check them too.
+bash scripts/check-packages.sh "$FUZZ_DIR"
 
 # The tokenizer targets use the real Qwen tokenizer that setup.sh prepares in build/, when it is there.
 if [ -z "${NEXTSERVE_FUZZ_MODEL:-}" ] && [ -f build/tokenizer-data/qwen/tokenizer.json ]; then
