@@ -15,9 +15,10 @@ built=$SECONDS
 
 # A report fails the test: ASan and UBSan exit non-zero at the first error, LeakSanitizer at exit.
 # The suppressions are leaks inside system libraries (OpenMPI keeps its state until exit), each
-# with its reason in the file; MPI ranks unwind malloc stacks slowly so that they match
-# (tests/sanitizers/default_options.cc).
-export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1:strict_init_order=1:${ASAN_OPTIONS:-}"
+# with its reason in the file. They match only through the OpenMPI libraries deep in the malloc
+# stack, which the default frame-pointer unwinder does not reach in Debian's builds, so stacks are
+# unwound with DWARF (measured: no slower for these tests).
+export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1:strict_init_order=1:fast_unwind_on_malloc=0:malloc_context_size=20:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan-suppressions.txt:print_suppressions=0:${LSAN_OPTIONS:-}"
 status=0
