@@ -92,7 +92,7 @@ awk -F'\t' -v OFS='\t' '
   }' "$tmp/cmake-files" "$tmp/cache" >>"$used"
 
 # Headers the compiles read, outside this project's trees.
-ninja -C "$build_dir" -t deps 2>/dev/null | awk -v s="$src_dir/" -v b="$build_dir/" '
+{ ninja -C "$build_dir" -t deps 2>/dev/null || true; } | awk -v s="$src_dir/" -v b="$build_dir/" '
   /^ +\// { p = $1; if (index(p, s) != 1 && index(p, b) != 1) print p "\theader read by the compiler" }' |
   sort -u >>"$used"
 
@@ -111,7 +111,7 @@ cxx=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$cache")
 # Shared libraries the built programs load (the sanitizer and OpenMP runtimes come from compiler
 # flags, not from a link line).
 find "$build_dir/bin" -maxdepth 1 -type f -perm -u+x -print0 2>/dev/null |
-  xargs -0 -r -n 16 ldd 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 "\tloaded by a built program" }' |
+  { xargs -0 -r -n 16 ldd 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\// { print $3 "\tloaded by a built program" }' |
   sort -u >>"$used"
 
 # Owners. A path may be registered under another name: /lib/x86_64-linux-gnu/... under merged
@@ -120,7 +120,7 @@ find "$build_dir/bin" -maxdepth 1 -type f -perm -u+x -print0 2>/dev/null |
 # resolved target count (tier 2): a -dev package's libfoo.so symlink is what the link needs, not
 # the runtime package's libfoo.so.1 behind it.
 cut -f1 "$used" | sort -u >"$tmp/paths"
-xargs -d '\n' readlink -f <"$tmp/paths" | paste "$tmp/paths" - | awk -F'\t' -v OFS='\t' '
+{ xargs -d '\n' readlink -m <"$tmp/paths" || true; } | paste "$tmp/paths" - | awk -F'\t' -v OFS='\t' '
   function usr_alias(p, q, t) {
     print p, t, q
     if (q ~ /^\/usr\/(lib|bin|sbin)\//) print p, t, substr(q, 5)
