@@ -31,12 +31,15 @@ buildah inspect --type image "$image" >/dev/null 2>&1 || die "no image $image (d
 
 ctr=$(buildah from --quiet "$image")
 trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+# buildah run would mount an anonymous volume for the image's VOLUME /models over the -v bind mount;
+# this working container (not the image) drops it.
+buildah config --volume /models- "$ctr"
 
 if [ -z "$model" ]; then
   model=build/models/image-tiny
   if [ ! -f "$model/model.safetensors" ]; then
     mkdir -p "$model"
-    buildah run --isolation chroot -v "$(cd "$model" && pwd):/out" "$ctr" -- \
+    buildah run --isolation chroot --user 0:0 -v "$(cd "$model" && pwd):/out" "$ctr" -- \
       nextserve-make-model --out /out --preset tiny --dtype bf16
   fi
   if [ ! -f "$model/tokenizer.json" ]; then
@@ -55,8 +58,9 @@ buildah run --isolation chroot --user 10001:10001 --env "PORT=$port" --env "RANK
   -v "$model:/models:ro" "$ctr" -- bash -c '
     set -u
     echo "user $(id -un) ($(id -u)); binaries: $(ls /usr/local/bin | tr "\n" " ")"
-    if touch /models/.write-test 2>/dev/null; then echo "/models is writable" >&2; exit 1; fi
-    echo "/models is read-only"
+    mount_opts=$(awk '"'"'$2 == "/models" { print $4 }'"'"' /proc/mounts)
+    [[ $mount_opts == ro,* ]] || { echo "/models is not a read-only mount ($mount_opts)" >&2; exit 1; }
+    echo "/models: read-only mount, $(ls /models | tr "\n" " ")"
     log=/tmp/nextserve-up.log
     nextserve up --model /models --ranks "$RANKS" --port "$PORT" >"$log" 2>&1 &
     up=$!
