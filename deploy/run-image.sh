@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 die() { echo "run-image: $*" >&2; exit 2; }
 
 image=localhost/nextserve:cpu model="" tokenizer=build/tokenizer-data/qwen port=18080 ranks=2
