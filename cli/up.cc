@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cli/flags.h"
 #include "cli/serving_commands.h"
@@ -42,7 +43,9 @@ int Up(int argc, char** argv) {
                           .string();
   std::string host = "127.0.0.1";
   int64_t ranks = 1, port = 8000, threads = 0, kv_blocks = 0, state_slots = 0, max_batch_tokens = 0,
-          max_queue = 256, timeout_s = 300, max_restart_backoff_s = 30, drain_grace_s = -1;
+          max_queue = 256, timeout_s = 300, max_restart_backoff_s = 30, drain_grace_s = -1,
+          http_port = -1;
+  std::string router_args, rank_args;
   Flags flags("nextserve up [--model DIR] [--ranks N] [--port P] [--host H] [--threads N] ...");
   flags.String(
       "model", &model,
@@ -60,6 +63,13 @@ int Up(int argc, char** argv) {
   flags.Int("state-slots", &state_slots, "DeltaNet state slots per rank (default: the rank's)");
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default: the rank's)");
   flags.Int("max-queue", &max_queue, "requests that may wait in the router (default 256)");
+  flags.Int(
+      "http-port", &http_port,
+      "the router's OpenAI-compatible HTTP port (/v1/chat/completions, ...); -1 (default): off");
+  flags.String("router-args", &router_args,
+               "more flags for nextserve-router, space-separated (e.g. \"--api-keys-file F\")");
+  flags.String("rank-args", &rank_args,
+               "more flags for every nextserve-rank, space-separated (e.g. \"--max-running 32\")");
   flags.Int("timeout-s", &timeout_s, "how long to wait for everything to be ready (default 300)");
   flags.Int("max-restart-backoff-s", &max_restart_backoff_s,
             "a child that keeps dying is restarted after 0.5 s, then twice as long each time, up "
@@ -125,6 +135,14 @@ int Up(int argc, char** argv) {
     for (auto* args : {&options.rank_args, &options.router_args})
       args->insert(args->end(), {"--drain-grace-s", std::to_string(drain_grace_s)});
   }
+  if (http_port >= 0)
+    options.router_args.insert(options.router_args.end(),
+                               {"--http-port", std::to_string(http_port)});
+  for (const auto& [text, args] :
+       {std::pair{&router_args, &options.router_args}, std::pair{&rank_args, &options.rank_args}}) {
+    for (absl::string_view word : absl::StrSplit(*text, ' ', absl::SkipWhitespace()))
+      args->emplace_back(word);
+  }
   if (kv_blocks > 0)
     options.rank_args.insert(options.rank_args.end(), {"--kv-blocks", std::to_string(kv_blocks)});
   if (state_slots > 0)
@@ -152,6 +170,9 @@ int Up(int argc, char** argv) {
       model.c_str(), absl::ToDoubleSeconds(absl::Now() - start));
   for (int i = 0; i < (*cluster)->num_ranks(); ++i)
     std::printf("nextserve up: rank%d at %s\n", i, (*cluster)->rank_address(i).c_str());
+  if (http_port >= 0)
+    std::printf("nextserve up: OpenAI-compatible HTTP at http://%s:%lld/v1\n", host.c_str(),
+                static_cast<long long>(http_port));
   std::fflush(stdout);
 
   // The supervisor (a thread of the cluster) restarts what dies; this thread waits for a signal.
