@@ -134,6 +134,9 @@ void RankPool::OnProbe(int r, uint64_t dispatched, const grpc::Status& status,
     const absl::Time now = absl::Now();
     if (stopping_) {
       // The destructor waits for the last probe.
+    } else if (status.ok() && !load.broken().empty()) {
+      // It answers, but its group is gone: as good as dead until the group restarts.
+      MarkDownLocked(r, absl::StrCat("its group is broken: ", load.broken()));
     } else if (status.ok()) {
       rank.load = load;
       rank.dispatched_at_report = dispatched;

@@ -157,15 +157,23 @@ void Engine::Loop() {
   }
 }
 
+std::string Engine::Broken() const {
+  std::lock_guard lock(mu_);
+  return broken_;
+}
+
 void Engine::FailAll(const std::string& why) {
   std::vector<std::string> ids;
   std::vector<std::unique_ptr<Request>> queued;
+  bool first = false;
   {
     std::lock_guard lock(mu_);
+    first = broken_.empty();
     broken_ = why;
     ids = live_ids_;
     queued.swap(incoming_);
   }
+  if (first && options_.on_broken) options_.on_broken(why);
   for (auto& r : queued) Finish(r.get(), Finish::kError, why, /*unavailable=*/true);
   for (const std::string& id : ids) {
     if (auto r = scheduler_.Remove(id)) Finish(r.get(), Finish::kError, why, /*unavailable=*/true);

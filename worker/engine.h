@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +23,8 @@
 namespace nextserve::worker {
 
 struct EngineOptions {
+  // Called once, on the engine thread, when the expert-parallel group fails (e.g. to set health).
+  std::function<void(const std::string& why)> on_broken;
   SchedulerLimits scheduler;
   CacheLimits cache;
   int64_t max_context = 0;                  // 0: the model's max_position_embeddings
@@ -63,6 +66,8 @@ class Engine {
   // A snapshot the engine thread publishes after each step; never waits on the engine (atomics),
   // so health and load answers stay prompt however long a step takes.
   EngineLoad Load() const;
+  // Why the expert-parallel group failed ("" while it serves). Thread-safe.
+  std::string Broken() const;
   const ModelConfig& config() const { return model_.config(); }
   int64_t max_context() const { return max_context_; }
 

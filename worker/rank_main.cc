@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -100,7 +101,18 @@ int main(int argc, char** argv) {
   const int group_size = group->size();
   if (group_size > 1) rank_id = group->rank();
   auto backend = nextserve::kernels::MakeCpuBackend();
+  // gRPC health goes NOT_SERVING when the group breaks (the engine says so from its thread); the
+  // server starts after the engine, and goes before it, hence the guarded pointer.
+  std::mutex health_mu;
+  grpc::HealthCheckServiceInterface* health = nullptr;  // guarded by health_mu
+  bool broke = false;                                   // guarded by health_mu
   nextserve::worker::EngineOptions options;
+  options.on_broken = [&](const std::string& why) {
+    std::lock_guard lock(health_mu);
+    broke = true;
+    if (health != nullptr) health->SetServingStatus(false);
+    std::fprintf(stderr, "nextserve-rank %ld: NOT_SERVING: %s\n", rank_id, why.c_str());
+  };
   options.cache = {block_size, kv_blocks, state_slots};
   options.scheduler = {max_batch_tokens, max_running};
   options.max_context = max_context;
@@ -165,6 +177,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: cannot listen on %s:%ld\n", host.c_str(), port);
     return 1;
   }
+  {
+    std::lock_guard lock(health_mu);
+    health = server->GetHealthCheckService();
+    if (broke) health->SetServingStatus(false);
+  }
   std::printf("nextserve-rank %ld listening on %s:%d\n", rank_id, host.c_str(), bound_port);
   std::fflush(stdout);
 
@@ -187,5 +204,9 @@ int main(int argc, char** argv) {
     service.CutOpenStreams();
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  {
+    std::lock_guard lock(health_mu);
+    health = nullptr;  // the server (and its health service) goes before the engine
+  }
   return 0;
 }

@@ -163,6 +163,7 @@ grpc::ServerUnaryReactor* RankService::GetLoad(grpc::CallbackServerContext* cont
   // Still answered while draining, so that the router keeps the streams open here and only sends
   // no new work.
   response->set_draining(draining_.load());
+  response->set_broken(engine_->Broken());
   const EngineLoad load = engine_->Load();
   response->set_running(static_cast<int32_t>(load.running));
   response->set_waiting(static_cast<int32_t>(load.waiting));

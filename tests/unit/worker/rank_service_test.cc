@@ -127,6 +127,11 @@ TEST_F(RankServiceTest, BrokenGroupIsUnavailableNotInternal) {
     EXPECT_TRUE(absl::StrContains(status.error_message(), "rank 1 stopped answering"))
         << status.error_message();
   }
+  // Its load report says so, which the router takes as down (not merely slow).
+  grpc::ClientContext ctx;
+  pb::LoadReport load;
+  ASSERT_TRUE(stub_->GetLoad(&ctx, pb::LoadRequest(), &load).ok());
+  EXPECT_TRUE(absl::StrContains(load.broken(), "rank 1 stopped answering")) << load.broken();
 }
 
 TEST_F(RankServiceTest, DrainRefusesNewWorkThenCutsWhatIsLeft) {
