@@ -112,9 +112,15 @@ absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
     const char* suffix;
     double factor;
   };
-  const Unit units[] = {{"tib", 1099511627776.0}, {"gib", 1073741824.0}, {"mib", 1048576.0},
-                        {"kib", 1024.0},          {"tb", 1e12},            {"gb", 1e9},
-                        {"mb", 1e6},              {"kb", 1e3},             {"b", 1.0}};
+  const Unit units[] = {{"tib", 1099511627776.0},
+                        {"gib", 1073741824.0},
+                        {"mib", 1048576.0},
+                        {"kib", 1024.0},
+                        {"tb", 1e12},
+                        {"gb", 1e9},
+                        {"mb", 1e6},
+                        {"kb", 1e3},
+                        {"b", 1.0}};
   double factor = 1.0;
   for (const Unit& u : units) {
     const std::string suf = u.suffix;
@@ -126,8 +132,8 @@ absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
   }
   double value;
   if (!absl::SimpleAtod(s, &value) || !(value > 0) || !std::isfinite(value)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "'", text, "' is not a positive size (e.g. 141GiB, 80GB, 1073741824)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' is not a positive size (e.g. 141GiB, 80GB, 1073741824)"));
   }
   return static_cast<int64_t>(value * factor);
 }
@@ -170,8 +176,9 @@ absl::StatusOr<MemoryPlan> ComputePlan(const ModelConfig& c, const PlanOptions& 
     if (r.free_bytes > 0) {
       r.sequences_at_context = per_seq > 0 ? r.free_bytes / per_seq : 0;
       const int64_t after_state = r.free_bytes - plan.state_bytes_per_sequence;
-      r.max_context_one_sequence =
-          after_state > 0 && plan.kv_bytes_per_token > 0 ? after_state / plan.kv_bytes_per_token : 0;
+      r.max_context_one_sequence = after_state > 0 && plan.kv_bytes_per_token > 0
+                                       ? after_state / plan.kv_bytes_per_token
+                                       : 0;
     }
     plan.ranks.push_back(r);
   }
@@ -190,8 +197,7 @@ std::string FormatPlan(const ModelConfig& c, const MemoryPlan& p, const PlanOpti
       Human(static_cast<double>(o.gpu_memory_bytes)), o.memory_utilization,
       Human(static_cast<double>(o.gpu_memory_bytes) * o.memory_utilization), p.kv_bytes_per_token,
       Human(static_cast<double>(p.kv_bytes_per_token)), p.state_bytes_per_sequence,
-      Human(static_cast<double>(p.state_bytes_per_sequence)), p.context,
-      c.max_position_embeddings);
+      Human(static_cast<double>(p.state_bytes_per_sequence)), p.context, c.max_position_embeddings);
   absl::StrAppendFormat(&out, "%5s %7s %11s %11s %11s %11s %11s %11s %10s %10s %14s\n", "ranks",
                         "experts", "F8_E4M3", "f8 scales", p.unquantized_dtype.substr(0, 11),
                         "f32 small", "weights", "free", "seqs/rank", "seqs/group",
@@ -206,15 +212,15 @@ std::string FormatPlan(const ModelConfig& c, const MemoryPlan& p, const PlanOpti
         Human(static_cast<double>(r.weights.total())), Human(static_cast<double>(r.free_bytes)),
         fits ? absl::StrCat(r.sequences_at_context) : "no fit",
         fits ? absl::StrCat(r.sequences_at_context * r.ranks) : "-",
-        fits ? absl::StrCat(std::min(r.max_context_one_sequence, c.max_position_embeddings),
-                            r.max_context_one_sequence > c.max_position_embeddings ? " (cap)" : "")
+        fits ? absl::StrCat(r.max_context_one_sequence,
+                            r.max_context_one_sequence > c.max_position_embeddings ? "*" : "")
              : "-");
   }
   out +=
       "\nexperts: the most routed experts one rank holds per layer (contiguous placement); "
       "everything else is replicated on every rank. seqs/rank: sequences of the given context "
       "whose caches fit beside the weights; activations and workspace come out of the "
-      "(1 - utilization) share.\n";
+      "(1 - utilization) share. *: beyond max_position_embeddings.\n";
   return out;
 }
 
@@ -224,7 +230,8 @@ int PlanCommand(int argc, char** argv) {
   Flags flags(
       "nextserve plan --model DIR --gpus N[,N...] --gpu-memory 141GiB [--context N] "
       "[--memory-utilization 0.9]");
-  flags.String("model", &model, "model directory (or a config.json file): only config.json is read");
+  flags.String("model", &model,
+               "model directory (or a config.json file): only config.json is read");
   flags.String("gpus", &gpus, "ranks (one GPU each) to plan for, e.g. 8 or 1,2,4,8,16");
   flags.String("gpu-memory", &gpu_memory, "memory of one GPU: 80GiB (H100), 141GiB (H200)");
   flags.Int("context", &context, "tokens per sequence for the concurrency column");
@@ -238,8 +245,8 @@ int PlanCommand(int argc, char** argv) {
   for (absl::string_view part : absl::StrSplit(gpus, ',', absl::SkipEmpty())) {
     int64_t n;
     if (!absl::SimpleAtoi(part, &n) || n < 1) {
-      return Flags::Report(absl::InvalidArgumentError(absl::StrCat(
-                               "--gpus: '", std::string(part), "' is not a positive count")),
+      return Flags::Report(absl::InvalidArgumentError(absl::StrCat("--gpus: '", std::string(part),
+                                                                   "' is not a positive count")),
                            flags);
     }
     o.ranks.push_back(n);
@@ -247,7 +254,8 @@ int PlanCommand(int argc, char** argv) {
   if (o.ranks.empty()) return Flags::Report(absl::InvalidArgumentError("--gpus is empty"), flags);
   absl::StatusOr<int64_t> mem = ParseByteSize(gpu_memory);
   if (!mem.ok()) {
-    return Flags::Report(absl::InvalidArgumentError(absl::StrCat("--gpu-memory: ", mem.status().message())), flags);
+    return Flags::Report(
+        absl::InvalidArgumentError(absl::StrCat("--gpu-memory: ", mem.status().message())), flags);
   }
   o.gpu_memory_bytes = *mem;
   if (!absl::SimpleAtod(utilization, &o.memory_utilization)) {

@@ -76,7 +76,8 @@ struct ModelConfig {
 };
 
 // Parses and validates config.json text. `source` names the file in error messages.
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
+                                             const std::string& source);
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 // Writes config.json text that ParseModelConfig (and transformers) accept.
 std::string ModelConfigToJson(const ModelConfig& config);

@@ -110,8 +110,8 @@ uint8_t F32ToF8E4M3(float f) {
     return sign | static_cast<uint8_t>(std::nearbyint(std::ldexp(a, 9)));
   }
   int e;
-  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
-  e -= 1;             // a = 1.x * 2^e
+  std::frexp(a, &e);                                               // a = m * 2^e, m in [0.5, 1)
+  e -= 1;                                                          // a = 1.x * 2^e
   int q = static_cast<int>(std::nearbyint(std::ldexp(a, 3 - e)));  // 8..16
   if (q == 16) q = 8, ++e;
   if (e + 7 > 15 || (e + 7 == 15 && q - 8 == 7)) return sign | 0x7e;  // 464 rounds down to 448

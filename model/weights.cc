@@ -51,10 +51,10 @@ class WeightBinder {
         for (const TensorInfo& t : file->tensors()) {
           if (absl::StartsWith(t.name, "mtp.")) continue;
           if (absl::EndsWith(t.name, ".weight_scale_inv") || t.dtype == DType::kF8E4M3) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "tensor '", t.name, "' in ", *t.file,
-                " belongs to a block-scaled FP8 checkpoint, but config.json has no "
-                "quantization_config with quant_method \"fp8\""));
+            return absl::InvalidArgumentError(
+                absl::StrCat("tensor '", t.name, "' in ", *t.file,
+                             " belongs to a block-scaled FP8 checkpoint, but config.json has no "
+                             "quantization_config with quant_method \"fp8\""));
           }
         }
       }
@@ -122,8 +122,7 @@ class WeightBinder {
     if (!t.ok()) return t.status();
     const TensorInfo& info = **t;
     const std::string module = name.substr(0, name.size() - std::string_view(".weight").size());
-    const bool quantized =
-        c_.quantization.fp8 && linear && !c_.quantization.IsNotConverted(module);
+    const bool quantized = c_.quantization.fp8 && linear && !c_.quantization.IsNotConverted(module);
     if (quantized) return Fp8(info, rows, cols, out, bind);
     if (info.dtype == DType::kF8E4M3) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -155,11 +154,11 @@ class WeightBinder {
   absl::Status Fp8(const TensorInfo& info, int64_t rows, int64_t cols, WeightRef* out, bool bind) {
     const std::string scale_name = info.name + std::string(kScaleSuffix);
     if (info.dtype != DType::kF8E4M3) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", info.name, "' in ", *info.file, " is ", AV(DTypeName(info.dtype)),
-          ", expected F8_E4M3 with '", scale_name,
-          "': quantization_config (quant_method fp8) quantises it, and "
-          "modules_to_not_convert does not list it"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", info.name, "' in ", *info.file, " is ",
+                       AV(DTypeName(info.dtype)), ", expected F8_E4M3 with '", scale_name,
+                       "': quantization_config (quant_method fp8) quantises it, and "
+                       "modules_to_not_convert does not list it"));
     }
     const std::vector<int64_t> scale_shape = {CeilDiv(rows, kBlock), CeilDiv(cols, kBlock)};
     const TensorInfo* s = ckpt_.Find(scale_name);

@@ -49,24 +49,25 @@ struct MlpWeights {
 };
 
 struct MoeWeights {
-  WeightRef router;                  // [num_experts, hidden]
-  std::vector<MlpWeights> experts;   // indexed by global expert id; absent where not owned
+  WeightRef router;                 // [num_experts, hidden]
+  std::vector<MlpWeights> experts;  // indexed by global expert id; absent where not owned
   MlpWeights shared_expert;
-  WeightRef shared_expert_gate;      // [1, hidden]
+  WeightRef shared_expert_gate;  // [1, hidden]
 };
 
 struct LayerWeights {
   LayerType type = LayerType::kLinearAttention;
   WeightRef input_layernorm, post_attention_layernorm;  // fp32, (1 + w)
-  AttentionWeights attention;  // full-attention layers
-  DeltaNetWeights delta_net;   // linear-attention layers
+  AttentionWeights attention;                           // full-attention layers
+  DeltaNetWeights delta_net;                            // linear-attention layers
   bool is_moe = true;
-  MoeWeights moe;              // sparse layers
-  MlpWeights mlp;              // dense layers (mlp_only_layers, decoder_sparse_step)
+  MoeWeights moe;  // sparse layers
+  MlpWeights mlp;  // dense layers (mlp_only_layers, decoder_sparse_step)
 };
 
 struct LoadOptions {
-  // Routed experts to load (global ids). Empty optional: all. The other experts' bytes are never read.
+  // Routed experts to load (global ids). Empty optional: all. The other experts' bytes are never
+  // read.
   std::optional<std::vector<int64_t>> experts;
 };
 

@@ -68,7 +68,7 @@ TEST(PlanTest, MicroFp8ByHand) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->fp8);
   const RankPlan& one = p->ranks[0];
-  EXPECT_EQ(one.weights.f8, 3 * 22528 + 38912 + 4 * 49152);  // 303104 B
+  EXPECT_EQ(one.weights.f8, 3 * 22528 + 38912 + 4 * 49152);    // 303104 B
   EXPECT_EQ(one.weights.f8_scales, (3 * 6 + 8 + 4 * 24) * 4);  // 488 B
   EXPECT_EQ(one.weights.unquantized, 69376 * 2);
   EXPECT_EQ(one.weights.f32_small, 8992);
@@ -82,7 +82,7 @@ TEST(PlanTest, MicroFp8ByHand) {
 TEST(PlanTest, SmallCachesByHand) {
   absl::StatusOr<MemoryPlan> p = ComputePlan(Preset("small"), {.gpu_memory_bytes = 1LL << 34});
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(p->kv_bytes_per_token, 2 * 2 * 2 * 256 * 4);  // 8192
+  EXPECT_EQ(p->kv_bytes_per_token, 2 * 2 * 2 * 256 * 4);                        // 8192
   EXPECT_EQ(p->state_bytes_per_sequence, 6 * (16 * 128 * 128 + 3 * 4096) * 4);  // 6586368
 }
 

@@ -401,9 +401,10 @@ TEST(WeightsFp8Test, MissingScale) {
   TempDir dir;
   const std::string name = "model.layers.0.linear_attn.out_proj.weight_scale_inv";
   ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), Fp8Config(), Fp8Options([&](auto& ts) {
-                                    ts.erase(std::remove_if(ts.begin(), ts.end(),
-                                                            [&](auto& t) { return t.name == name; }),
-                                             ts.end());
+                                    ts.erase(
+                                        std::remove_if(ts.begin(), ts.end(),
+                                                       [&](auto& t) { return t.name == name; }),
+                                        ts.end());
                                   }))
                   .ok());
   EXPECT_TRUE(IsError(LoadStatus(dir.path()), kNotFound,
@@ -419,8 +420,9 @@ TEST(WeightsFp8Test, WrongScaleShape) {
                                     t->shape = {1, 2};
                                   }))
                   .ok());
-  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kInvalid,
-                      {name, "[1, 2]", "expected [2, 1]", "128x128", dir.File("model.safetensors")}));
+  EXPECT_TRUE(
+      IsError(LoadStatus(dir.path()), kInvalid,
+              {name, "[1, 2]", "expected [2, 1]", "128x128", dir.File("model.safetensors")}));
 }
 
 TEST(WeightsFp8Test, NonFiniteScale) {
@@ -464,8 +466,8 @@ TEST(WeightsFp8Test, Fp8TensorsWithoutQuantizationConfig) {
   plain.quantization = {};
   ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), plain, Fp8Options()).ok());
   EXPECT_TRUE(IsError(LoadStatus(dir.path()), kInvalid,
-                      {"model.layers.0.linear_attn.in_proj_qkvz.weight", "FP8", "quantization_config",
-                       dir.File("model.safetensors")}));
+                      {"model.layers.0.linear_attn.in_proj_qkvz.weight", "FP8",
+                       "quantization_config", dir.File("model.safetensors")}));
 }
 
 TEST(WeightsFp8Test, UnownedExpertsScalesAreCheckedNotRead) {
