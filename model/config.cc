@@ -103,14 +103,16 @@ absl::Status ReadIntList(const json& v, const std::string& source, std::string_v
 bool QuantizationConfig::IsNotConverted(const std::string& module) const {
   for (const std::string& entry : modules_to_not_convert) {
     if (entry.empty()) continue;
-    if (module == entry) return true;
-    // Whole dotted components only: "model.layers.1" must not match "model.layers.10.…" and
-    // "mlp.gate" must not match "mlp.gate_proj".
-    if (module.size() > entry.size()) {
-      if (module.compare(0, entry.size(), entry) == 0 && module[entry.size()] == '.') return true;
-      const size_t at = module.size() - entry.size();
-      if (module.compare(at, entry.size(), entry) == 0 && module[at - 1] == '.') return true;
+    // transformers 5.24 should_convert_module (quantizers_utils.py), regexes aside: a prefix up
+    // to a module boundary ("model.layers.1" matches "model.layers.1.mlp.gate", not
+    // "model.layers.10.…"), or a plain suffix ("mlp.gate" matches "model.layers.0.mlp.gate" but
+    // not "….mlp.gate_proj").
+    if (module.size() < entry.size()) continue;
+    if (module.compare(0, entry.size(), entry) == 0 &&
+        (module.size() == entry.size() || module[entry.size()] == '.' || entry.back() == '.')) {
+      return true;
     }
+    if (module.compare(module.size() - entry.size(), entry.size(), entry) == 0) return true;
   }
   return false;
 }

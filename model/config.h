@@ -19,8 +19,8 @@ struct QuantizationConfig {
   std::string activation_scheme = "dynamic";
   std::vector<int64_t> weight_block_size = {128, 128};
   std::vector<std::string> modules_to_not_convert;
-  // Whether the nn.Linear / embedding `module` (e.g. "model.layers.0.mlp.gate") stays unquantised:
-  // an entry names it, a dotted prefix of it or a dotted suffix of it ("lm_head", "mlp.gate").
+  // Whether the nn.Linear / embedding `module` (e.g. "model.layers.0.mlp.gate") stays unquantised,
+  // by transformers' rule: an entry is a prefix of it up to a "." boundary, or a suffix of it.
   bool IsNotConverted(const std::string& module) const;
 };
 

@@ -40,9 +40,12 @@ FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 
 
 def not_converted(module: str, skip: list[str]) -> bool:
-    """Same rule as QuantizationConfig::IsNotConverted (model/config.cc): whole dotted parts."""
+    """transformers' should_convert_module (regexes aside), as QuantizationConfig::IsNotConverted:
+    a prefix up to a '.' boundary, or a plain suffix."""
     for e in skip:
-        if module == e or module.startswith(e + ".") or module.endswith("." + e):
+        if module.startswith(e) and (len(module) == len(e) or module[len(e)] == "." or e.endswith(".")):
+            return True
+        if module.endswith(e):
             return True
     return False
 

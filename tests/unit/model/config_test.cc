@@ -338,6 +338,11 @@ TEST(ConfigTest, ParsesFp8QuantizationConfig) {
   EXPECT_FALSE(q.IsNotConverted("model.layers.0.mlp.gate_proj"));
   EXPECT_FALSE(q.IsNotConverted("model.layers.0.mlp.shared_expert.gate_proj"));
   EXPECT_FALSE(q.IsNotConverted("model.layers.2.mlp.gate"));
+  // transformers' suffix rule has no boundary: "gate" also matches "shared_expert_gate".
+  QuantizationConfig bare;
+  bare.modules_to_not_convert = {"gate"};
+  EXPECT_TRUE(bare.IsNotConverted("model.layers.4.mlp.shared_expert_gate"));
+  EXPECT_FALSE(bare.IsNotConverted("model.layers.4.mlp.shared_expert.gate_proj"));
   // Defaults of transformers' FineGrainedFP8Config: only quant_method is required.
   j["quantization_config"] = {{"quant_method", "fp8"}, {"modules_to_not_convert", nullptr}};
   c = ParseModelConfig(j.dump(), "config.json");
