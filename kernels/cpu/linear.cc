@@ -35,14 +35,20 @@ inline __m256 Load8(const void* base, int64_t i) {
   }
 }
 
-// 8 E4M3 values (bytes at p) as fp32 divided by 2^8: each byte is re-biased into an fp16 bit
-// pattern (sign, the 4 exponent and 3 mantissa bits shifted into place) and widened by F16C, which
-// handles the subnormals without a slow path. The missing 2^8 is folded into the block scale.
+// E4M3 values as fp32 divided by 2^8: each byte becomes an fp16 bit pattern (sign-extend to 16
+// bits, shift left 7: the 4 exponent and 3 mantissa bits land in fp16's, the sign in bit 15; the
+// mask clears the sign copy in bit 14) widened by F16C, which handles subnormals without a slow
+// path. The missing 2^8 is folded into the block scale.
+constexpr short kFp8ToF16Mask = static_cast<short>(0xBF80);
 inline __m256 LoadFp8x8Over256(const uint8_t* p) {
-  const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  const __m128i mag = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7);
-  const __m128i sign = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8);
-  return _mm256_cvtph_ps(_mm_or_si128(mag, sign));
+  const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(kFp8ToF16Mask)));
+}
+inline void LoadFp8x16Over256(const uint8_t* p, __m256* lo, __m256* hi) {
+  const __m256i b = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i h = _mm256_and_si256(_mm256_slli_epi16(b, 7), _mm256_set1_epi16(kFp8ToF16Mask));
+  *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 constexpr float kFp8Over256Fix = 256.0f;
 
@@ -132,6 +138,14 @@ void Fp8FewRowsKernel(const float* x, const Matrix& w, float* y, bool accumulate
       __m256 acc[R];
       for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
       int64_t i = c0;
+      for (; i + 16 <= c1; i += 16) {
+        __m256 lo, hi;
+        LoadFp8x16Over256(row + i, &lo, &hi);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + r * k + i), acc[r]);
+          acc[r] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + r * k + i + 8), acc[r]);
+        }
+      }
       for (; i + 8 <= c1; i += 8) {
         const __m256 wv = LoadFp8x8Over256(row + i);
         for (int r = 0; r < R; ++r)
@@ -209,6 +223,12 @@ void DequantizeFp8Rows(const Matrix& w, int64_t row0, int64_t rows, float* out) 
       // fp8 (exact in fp32) times the fp32 scale: one rounding, as torch's dequantisation.
       const __m256 s = _mm256_set1_ps(scale[cb] * kFp8Over256Fix);
       int64_t c = c0;
+      for (; c + 16 <= c1; c += 16) {
+        __m256 lo, hi;
+        LoadFp8x16Over256(row + c, &lo, &hi);
+        _mm256_storeu_ps(o + c, _mm256_mul_ps(lo, s));
+        _mm256_storeu_ps(o + c + 8, _mm256_mul_ps(hi, s));
+      }
       for (; c + 8 <= c1; c += 8) {
         _mm256_storeu_ps(o + c, _mm256_mul_ps(LoadFp8x8Over256(row + c), s));
       }
