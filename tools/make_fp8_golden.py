@@ -6,7 +6,12 @@ The checkpoint is what transformers' fine-grained FP8 integration loads: float8_
 quantization_config {quant_method "fp8", fmt "e4m3", activation_scheme "dynamic",
 weight_block_size [128, 128], modules_to_not_convert [...]}. Its FP8 matmul (FP8Linear) needs a
 CUDA/XPU Triton kernel and has no CPU fallback, so the reference is what that path approximates on
-a CPU: the recipe below, then transformers' fp32 forward on the dequantised weights.
+a CPU: the recipe below, then transformers' fp32 forward on the dequantised weights. (Its CPU
+loader, FineGrainedFP8Config(dequantize=True), dequantises exactly as dequantize_blocks below on
+shapes that are multiples of 128 -- checked bit for bit on a 3 x 2 block grid -- but refuses partial
+blocks, "Weight shape (576, 192) not divisible by scale grid (5, 2)", which this case has on
+purpose: the real model's quantised matrices are all multiples of 128, nextserve takes the ceil
+layout that DeepSeek-style FP8 checkpoints and vLLM use.)
 
   1. the `bf16` golden case's model (tools/make_golden.py) at hidden 192 and shared-expert width
      160, so matrices span several blocks with partial ones on both edges;
