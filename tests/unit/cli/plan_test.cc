@@ -1,6 +1,8 @@
 // `nextserve plan` against figures computed by hand for the micro and small presets.
 #include "cli/plan.h"
 
+#include <cstdlib>
+
 #include "gtest/gtest.h"
 #include "tools/random_checkpoint.h"
 
@@ -84,6 +86,38 @@ TEST(PlanTest, SmallCachesByHand) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->kv_bytes_per_token, 2 * 2 * 2 * 256 * 4);                        // 8192
   EXPECT_EQ(p->state_bytes_per_sequence, 6 * (16 * 128 * 128 + 3 * 4096) * 4);  // 6586368
+}
+
+// The committed configs of the real 80B model: FP8 halves every quantised matrix and leaves the
+// rest as in bf16, and it is the variant that fits one H200 (141 GiB).
+TEST(PlanTest, Real80BConfigsBf16AndFp8) {
+  const char* src = std::getenv("NEXTSERVE_SOURCE_DIR");
+  const std::string root = std::string(src ? src : ".") + "/tools/configs/";
+  absl::StatusOr<ModelConfig> bf16 =
+      LoadModelConfig(root + "qwen3-next-80b-a3b-instruct/config.json");
+  absl::StatusOr<ModelConfig> fp8 =
+      LoadModelConfig(root + "qwen3-next-80b-a3b-instruct-fp8/config.json");
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  ASSERT_TRUE(fp8->quantization.fp8);
+  PlanOptions o;
+  o.ranks = {1, 8};
+  o.gpu_memory_bytes = 141LL << 30;
+  absl::StatusOr<MemoryPlan> a = ComputePlan(*bf16, o), b = ComputePlan(*fp8, o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (int i = 0; i < 2; ++i) {
+    const WeightBytes& x = a->ranks[i].weights;
+    const WeightBytes& y = b->ranks[i].weights;
+    EXPECT_EQ(2 * y.f8 + y.unquantized, x.unquantized);
+    EXPECT_EQ(x.f32_small, y.f32_small);
+    EXPECT_GT(y.f8, 5 * y.unquantized);  // experts and projections are the bulk
+  }
+  // 79.7e9 parameters without the MTP head (that the forward pass does not load).
+  EXPECT_NEAR(a->ranks[0].weights.unquantized / 2 / 1e9, 79.7, 0.1);
+  EXPECT_LT(a->ranks[0].free_bytes, 0);
+  EXPECT_GT(b->ranks[0].free_bytes, 0);
+  EXPECT_EQ(a->kv_bytes_per_token, 12 * 2 * 2 * 256 * 4);
+  EXPECT_EQ(a->state_bytes_per_sequence, 36 * (32 * 128 * 128 + 3 * 8192) * 4);
 }
 
 TEST(PlanTest, DoesNotFitAndBadInput) {
