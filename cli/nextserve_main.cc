@@ -1,6 +1,7 @@
 // `nextserve`: the command-line entry point, one subcommand per job.
 //   nextserve tokenize   --model DIR [--text-file F] [--parse-special] [--stats] [--repeat N]
 //   nextserve detokenize --model DIR --ids 1,2,3 [--skip-special]
+//   nextserve plan       --model DIR --gpus N[,N...] --gpu-memory 141GiB [--context N]
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
+#include "cli/plan.h"
 #include "cli/serving_commands.h"
 #include "tokenizer/tokenizer.h"
 
@@ -26,6 +28,7 @@ constexpr char kUsage[] =
     "commands:\n"
     "  tokenize    text (a file, or stdin) -> token ids, comma-separated on one line\n"
     "  detokenize  token ids -> text\n"
+    "  plan        weights, caches and what fits per GPU for a config.json (bf16 or FP8)\n"
     "  up          start a router and N ranks on this machine (Ctrl-C stops them)\n"
     "  generate    stream a completion from a router\n"
     "  chat        chat with a router interactively\n"
@@ -128,6 +131,7 @@ int main(int argc, char** argv) {
   // Each command parses its own flags; argv[1] (the command) plays argv[0] for it.
   if (command == "tokenize") return Tokenize(argc - 1, argv + 1);
   if (command == "detokenize") return Detokenize(argc - 1, argv + 1);
+  if (command == "plan") return nextserve::cli::PlanCommand(argc - 1, argv + 1);
   if (command == "up") return nextserve::cli::Up(argc - 1, argv + 1);
   if (command == "generate") return nextserve::cli::Generate(argc - 1, argv + 1);
   if (command == "chat") return nextserve::cli::Chat(argc - 1, argv + 1);

@@ -15,12 +15,19 @@
 
 namespace nextserve::kernels {
 
+// Block edge of FP8 block-scaled weights (quantization_config.weight_block_size [128, 128]).
+inline constexpr int64_t kFp8Block = 128;
+
 // A weight matrix [rows, cols] in its stored dtype (nn.Linear: [out, in]); data may be unaligned.
+// F8_E4M3 matrices carry block_scale: fp32 [ceil(rows / 128), ceil(cols / 128)] (the checkpoint's
+// weight_scale_inv), and w[r, c] = fp8[r, c] * block_scale[r / 128][c / 128].
 struct Matrix {
   DType dtype = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
+  const float* block_scale = nullptr;
+  int64_t scale_cols() const { return (cols + kFp8Block - 1) / kFp8Block; }
 };
 
 // Owned backend memory; freed through the backend that made it.

@@ -100,6 +100,85 @@ absl::Status ReadIntList(const json& v, const std::string& source, std::string_v
 
 }  // namespace
 
+bool QuantizationConfig::IsNotConverted(const std::string& module) const {
+  for (const std::string& entry : modules_to_not_convert) {
+    if (entry.empty()) continue;
+    // transformers 5.24 should_convert_module (quantizers_utils.py), regexes aside: a prefix up
+    // to a module boundary ("model.layers.1" matches "model.layers.1.mlp.gate", not
+    // "model.layers.10.…"), or a plain suffix ("mlp.gate" matches "model.layers.0.mlp.gate" but
+    // not "….mlp.gate_proj").
+    if (module.size() < entry.size()) continue;
+    if (module.compare(0, entry.size(), entry) == 0 &&
+        (module.size() == entry.size() || module[entry.size()] == '.' || entry.back() == '.')) {
+      return true;
+    }
+    if (module.compare(module.size() - entry.size(), entry.size(), entry) == 0) return true;
+  }
+  return false;
+}
+
+namespace {
+
+absl::Status ParseQuantizationConfig(const json& q, const std::string& source,
+                                     QuantizationConfig* out) {
+  const std::string field = "quantization_config";
+  if (!q.is_object()) {
+    return Invalid(source, field, absl::StrCat("must be an object, got ", q.type_name()));
+  }
+  std::string method;
+  if (!q.contains("quant_method")) return Invalid(source, field, "has no 'quant_method'");
+  NS_RETURN_IF_ERROR(ReadString(q["quant_method"], source, field + ".quant_method", &method));
+  if (method != "fp8") {
+    return absl::UnimplementedError(absl::StrCat(
+        source, ": quantization_config.quant_method \"", method,
+        "\" is not supported (only \"fp8\": block-scaled float8_e4m3fn with weight_scale_inv)"));
+  }
+  out->fp8 = true;
+  if (q.contains("fmt") && !q["fmt"].is_null()) {
+    std::string fmt;
+    NS_RETURN_IF_ERROR(ReadString(q["fmt"], source, field + ".fmt", &fmt));
+    if (fmt != "e4m3") {
+      return absl::UnimplementedError(
+          absl::StrCat(source, ": quantization_config.fmt \"", fmt,
+                       "\" is not supported (only \"e4m3\", float8_e4m3fn)"));
+    }
+  }
+  if (q.contains("activation_scheme") && !q["activation_scheme"].is_null()) {
+    NS_RETURN_IF_ERROR(ReadString(q["activation_scheme"], source, field + ".activation_scheme",
+                                  &out->activation_scheme));
+    if (out->activation_scheme != "dynamic") {
+      return absl::UnimplementedError(absl::StrCat(
+          source, ": quantization_config.activation_scheme \"", out->activation_scheme,
+          "\" is not supported (only \"dynamic\"; static needs per-tensor input scales)"));
+    }
+  }
+  if (q.contains("weight_block_size") && !q["weight_block_size"].is_null()) {
+    NS_RETURN_IF_ERROR(ReadIntList(q["weight_block_size"], source, field + ".weight_block_size",
+                                   &out->weight_block_size));
+  }
+  if (out->weight_block_size != std::vector<int64_t>{128, 128}) {
+    return absl::UnimplementedError(absl::StrCat(
+        source, ": quantization_config.weight_block_size [",
+        absl::StrJoin(out->weight_block_size, ", "), "] is not supported (only [128, 128])"));
+  }
+  if (q.contains("modules_to_not_convert") && !q["modules_to_not_convert"].is_null()) {
+    const json& m = q["modules_to_not_convert"];
+    if (!m.is_array()) {
+      return Invalid(source, field + ".modules_to_not_convert",
+                     absl::StrCat("must be a list of strings, got ", m.type_name()));
+    }
+    for (size_t i = 0; i < m.size(); ++i) {
+      std::string name;
+      NS_RETURN_IF_ERROR(
+          ReadString(m[i], source, absl::StrCat(field, ".modules_to_not_convert[", i, "]"), &name));
+      out->modules_to_not_convert.push_back(std::move(name));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 bool ModelConfig::is_moe_layer(int64_t layer) const {
   for (int64_t l : mlp_only_layers) {
     if (l == layer) return false;
@@ -189,6 +268,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
       NS_RETURN_IF_ERROR(ReadInt(eos, source, "eos_token_id", &id));
       c.eos_token_ids = {id};
     }
+  }
+
+  if (present("quantization_config")) {
+    NS_RETURN_IF_ERROR(
+        ParseQuantizationConfig(root["quantization_config"], source, &c.quantization));
   }
 
   // RoPE: real Qwen checkpoints use top-level rope_theta / partial_rotary_factor, transformers 5
@@ -423,6 +507,15 @@ std::string ModelConfigToJson(const ModelConfig& c) {
     j["eos_token_id"] = c.eos_token_ids[0];
   } else if (!c.eos_token_ids.empty()) {
     j["eos_token_id"] = c.eos_token_ids;
+  }
+  if (c.quantization.fp8) {
+    nlohmann::ordered_json q;
+    q["quant_method"] = "fp8";
+    q["fmt"] = "e4m3";
+    q["activation_scheme"] = c.quantization.activation_scheme;
+    q["weight_block_size"] = c.quantization.weight_block_size;
+    q["modules_to_not_convert"] = c.quantization.modules_to_not_convert;
+    j["quantization_config"] = q;
   }
   return j.dump(2) + "\n";
 }

@@ -11,6 +11,19 @@ namespace nextserve {
 
 enum class LayerType : uint8_t { kLinearAttention, kFullAttention };
 
+// config.json's `quantization_config` (transformers' FineGrainedFP8Config). Only block-scaled
+// FP8 is loaded: quant_method "fp8", fmt "e4m3", weight_block_size [128, 128], dynamic activations
+// (the CPU path keeps activations in fp32 and dequantises the weights tile by tile).
+struct QuantizationConfig {
+  bool fp8 = false;  // false: no quantization_config, every matrix in the checkpoint's float dtype
+  std::string activation_scheme = "dynamic";
+  std::vector<int64_t> weight_block_size = {128, 128};
+  std::vector<std::string> modules_to_not_convert;
+  // Whether the nn.Linear / embedding `module` (e.g. "model.layers.0.mlp.gate") stays unquantised,
+  // by transformers' rule: an entry is a prefix of it up to a "." boundary, or a suffix of it.
+  bool IsNotConverted(const std::string& module) const;
+};
+
 struct ModelConfig {
   std::string model_type = "qwen3_next";
   int64_t vocab_size = 151936;
@@ -47,6 +60,7 @@ struct ModelConfig {
   std::string torch_dtype = "bfloat16";
   int64_t bos_token_id = -1;  // -1: absent
   std::vector<int64_t> eos_token_ids;
+  QuantizationConfig quantization;
 
   // Derived helpers.
   int64_t rotary_dim() const { return static_cast<int64_t>(head_dim * partial_rotary_factor); }
@@ -62,7 +76,8 @@ struct ModelConfig {
 };
 
 // Parses and validates config.json text. `source` names the file in error messages.
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
+                                             const std::string& source);
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 // Writes config.json text that ParseModelConfig (and transformers) accept.
 std::string ModelConfigToJson(const ModelConfig& config);

@@ -85,8 +85,6 @@ uint16_t F32ToF16(float f) {
   return sign | static_cast<uint16_t>(r);
 }
 
-namespace {
-
 // float8_e4m3fn: bias 7, no infinities, S.1111.111 is NaN.
 float F8E4M3ToF32(uint8_t v) {
   const bool neg = v & 0x80u;
@@ -103,7 +101,22 @@ float F8E4M3ToF32(uint8_t v) {
   return neg ? -f : f;
 }
 
-}  // namespace
+uint8_t F32ToF8E4M3(float f) {
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  const float a = std::fabs(f);
+  if (std::isnan(a) || a > 464.0f) return sign | 0x7f;  // 464: halfway from 448 to 2^9
+  if (a < std::ldexp(1.0f, -6)) {
+    // Subnormals: multiples of 2^-9; 8 rounds up to the smallest normal, whose code is also 8.
+    return sign | static_cast<uint8_t>(std::nearbyint(std::ldexp(a, 9)));
+  }
+  int e;
+  std::frexp(a, &e);                                               // a = m * 2^e, m in [0.5, 1)
+  e -= 1;                                                          // a = 1.x * 2^e
+  int q = static_cast<int>(std::nearbyint(std::ldexp(a, 3 - e)));  // 8..16
+  if (q == 16) q = 8, ++e;
+  if (e + 7 > 15 || (e + 7 == 15 && q - 8 == 7)) return sign | 0x7e;  // 464 rounds down to 448
+  return sign | static_cast<uint8_t>(((e + 7) << 3) | (q - 8));
+}
 
 void ConvertToF32(DType src_type, const void* src, float* dst, size_t n) {
   if (n == 0) return;  // src / dst may be null for empty tensors

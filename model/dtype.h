@@ -9,7 +9,7 @@
 
 namespace nextserve {
 
-// F8_E4M3 is recognised so that block-scaled FP8 checkpoints (weight + weight_scale_inv) fit in later.
+// F8_E4M3: block-scaled FP8 checkpoints (weight + weight_scale_inv, see weights.h).
 enum class DType : uint8_t { kF32, kF16, kBF16, kF8E4M3 };
 
 size_t DTypeSize(DType t);
@@ -31,6 +31,11 @@ inline uint16_t F32ToBf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 float F16ToF32(uint16_t v);
+// float8_e4m3fn (bias 7, no infinities, 0x7f / 0xff are NaN), exact.
+float F8E4M3ToF32(uint8_t v);
+// Round to nearest even (as torch's float -> float8_e4m3fn); beyond the largest finite value
+// (448) or NaN gives NaN (0x7f, sign kept).
+uint8_t F32ToF8E4M3(float f);
 uint16_t F32ToF16(float f);
 
 // Converts n elements of type `src_type` at `src` (any alignment) to fp32.

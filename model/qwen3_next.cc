@@ -15,7 +15,7 @@ namespace nextserve {
 namespace {
 
 kernels::Matrix M(const WeightRef& w) {
-  return {w.dtype, w.data, w.rows, w.cols};
+  return {w.dtype, w.data, w.rows, w.cols, w.block_scale};
 }
 
 class ScopedTimer {

@@ -1,6 +1,7 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <unordered_set>
 #include <utility>
 
@@ -26,10 +27,11 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
-absl::Status Fp8NotSupported(const TensorInfo& t) {
-  return absl::UnimplementedError(
-      absl::StrCat("tensor '", t.name, "' in ", *t.file, " is ", AV(DTypeName(t.dtype)),
-                   ": FP8 block-scaled loading (weight + weight_scale_inv) is not supported yet"));
+constexpr int64_t kBlock = 128;  // FP8 block edge (QuantizationConfig enforces [128, 128])
+constexpr std::string_view kScaleSuffix = "_scale_inv";  // "<module>.weight" + this
+
+int64_t CeilDiv(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
 }
 
 }  // namespace
@@ -42,20 +44,26 @@ class WeightBinder {
       : ckpt_(ckpt), c_(config), w_(w) {}
 
   absl::Status Run() {
-    // FP8 checkpoints carry a scale per quantized matrix; report that before any name or shape
-    // mismatch so the error says what is actually missing (FP8 support).
-    for (const auto& file : ckpt_.files()) {
-      for (const TensorInfo& t : file->tensors()) {
-        if (absl::EndsWith(t.name, ".weight_scale_inv")) {
-          return absl::UnimplementedError(absl::StrCat(
-              "tensor '", t.name, "' in ", *t.file,
-              ": FP8 block-scaled checkpoints (weight_scale_inv) are not supported yet"));
+    // FP8 tensors without an FP8 quantization_config: say so before any name or shape mismatch,
+    // since config.json (not the tensor) is what is missing.
+    if (!c_.quantization.fp8) {
+      for (const auto& file : ckpt_.files()) {
+        for (const TensorInfo& t : file->tensors()) {
+          if (absl::StartsWith(t.name, "mtp.")) continue;
+          if (absl::EndsWith(t.name, ".weight_scale_inv") || t.dtype == DType::kF8E4M3) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("tensor '", t.name, "' in ", *t.file,
+                             " belongs to a block-scaled FP8 checkpoint, but config.json has no "
+                             "quantization_config with quant_method \"fp8\""));
+          }
         }
       }
     }
     const int64_t H = c_.hidden_size;
     const int64_t V = c_.vocab_size;
-    NS_RETURN_IF_ERROR(Large("model.embed_tokens.weight", V, H, &w_->embed_tokens));
+    // transformers quantises nn.Linear modules only: the embedding stays in the float dtype.
+    NS_RETURN_IF_ERROR(
+        Large("model.embed_tokens.weight", V, H, &w_->embed_tokens, true, /*linear=*/false));
     NS_RETURN_IF_ERROR(Small("model.norm.weight", {H}, 1, H, &w_->final_norm));
     if (c_.tie_word_embeddings) {
       w_->lm_head = w_->embed_tokens;
@@ -74,13 +82,16 @@ class WeightBinder {
           std::string why;
           if (t.name == "lm_head.weight" && c_.tie_word_embeddings) {
             why = " (tie_word_embeddings is true, so lm_head reuses model.embed_tokens.weight)";
+          } else if (absl::EndsWith(t.name, AV(kScaleSuffix))) {
+            why = " (a scale for a matrix that is not FP8: it is unquantised here or not a weight)";
           }
           return absl::InvalidArgumentError(
               absl::StrCat("unexpected tensor '", t.name, "' in ", *t.file, why));
         }
       }
     }
-    w_->stored_dtype = large_dtype_.value_or(DType::kF32);
+    w_->unquantized_dtype = large_dtype_.value_or(DType::kF32);
+    w_->stored_dtype = w_->fp8_matrices > 0 ? DType::kF8E4M3 : w_->unquantized_dtype;
     return absl::OkStatus();
   }
 
@@ -103,13 +114,22 @@ class WeightBinder {
   }
 
   // A large matrix: kept in its stored dtype inside the mapping. With bind = false only the header
-  // is checked (experts this process does not own): the data pages are never touched.
+  // is checked (experts this process does not own): the data pages are never touched. `linear`:
+  // an nn.Linear weight, which an FP8 quantization_config quantises unless it lists the module.
   absl::Status Large(const std::string& name, int64_t rows, int64_t cols, WeightRef* out,
-                     bool bind = true) {
+                     bool bind = true, bool linear = true) {
     absl::StatusOr<const TensorInfo*> t = Expect(name, {rows, cols});
     if (!t.ok()) return t.status();
     const TensorInfo& info = **t;
-    if (info.dtype == DType::kF8E4M3) return Fp8NotSupported(info);
+    const std::string module = name.substr(0, name.size() - std::string_view(".weight").size());
+    const bool quantized = c_.quantization.fp8 && linear && !c_.quantization.IsNotConverted(module);
+    if (quantized) return Fp8(info, rows, cols, out, bind);
+    if (info.dtype == DType::kF8E4M3) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' in ", *info.file, " is F8_E4M3, but ",
+          linear ? "quantization_config.modules_to_not_convert lists it (it must stay unquantised)"
+                 : "only nn.Linear weights may be FP8 (embeddings stay in the float dtype)"));
+    }
     if (!large_dtype_) {
       large_dtype_ = info.dtype;
       large_dtype_from_ = name;
@@ -129,13 +149,72 @@ class WeightBinder {
     return absl::OkStatus();
   }
 
+  // An FP8 matrix: F8_E4M3 data left in the mapping, its weight_scale_inv ([ceil(rows / 128),
+  // ceil(cols / 128)], fp32 or bf16) copied to fp32.
+  absl::Status Fp8(const TensorInfo& info, int64_t rows, int64_t cols, WeightRef* out, bool bind) {
+    const std::string scale_name = info.name + std::string(kScaleSuffix);
+    if (info.dtype != DType::kF8E4M3) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", info.name, "' in ", *info.file, " is ",
+                       AV(DTypeName(info.dtype)), ", expected F8_E4M3 with '", scale_name,
+                       "': quantization_config (quant_method fp8) quantises it, and "
+                       "modules_to_not_convert does not list it"));
+    }
+    const std::vector<int64_t> scale_shape = {CeilDiv(rows, kBlock), CeilDiv(cols, kBlock)};
+    const TensorInfo* s = ckpt_.Find(scale_name);
+    if (s == nullptr) {
+      return absl::NotFoundError(absl::StrCat(
+          "missing tensor '", scale_name, "' (expected shape ", ShapeString(scale_shape),
+          ": one scale per 128x128 block) for F8_E4M3 tensor '", info.name, "' in ", *info.file));
+    }
+    seen_.insert(s);
+    if (s->shape != scale_shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", scale_name, "' in ", *s->file, " has shape ", ShapeString(s->shape),
+          ", expected ", ShapeString(scale_shape), ": one scale per 128x128 block of '", info.name,
+          "' ", ShapeString({rows, cols})));
+    }
+    if (s->dtype != DType::kF32 && s->dtype != DType::kBF16) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", scale_name, "' in ", *s->file,
+                                                     " is ", AV(DTypeName(s->dtype)),
+                                                     ", expected F32 or BF16 block scales"));
+    }
+    ++w_->fp8_matrices;
+    if (!bind) return absl::OkStatus();
+    const size_t n = static_cast<size_t>(scale_shape[0] * scale_shape[1]);
+    auto buf = std::make_unique<float[]>(n);
+    {
+      ScopedNoReadahead no_ra(s->data, s->nbytes);
+      ConvertToF32(s->dtype, s->data, buf.get(), n);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(buf[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", scale_name, "' in ", *s->file, " has a non-finite scale ",
+                         buf[i], " at block ", i / scale_shape[1], ", ", i % scale_shape[1]));
+      }
+    }
+    out->dtype = DType::kF8E4M3;
+    out->data = info.data;
+    out->rows = rows;
+    out->cols = cols;
+    out->block_scale = buf.get();
+    w_->owned_.push_back(std::move(buf));
+    return absl::OkStatus();
+  }
+
   // A small tensor: converted to fp32 into ModelWeights-owned storage.
   absl::Status Small(const std::string& name, const std::vector<int64_t>& shape, int64_t rows,
                      int64_t cols, WeightRef* out) {
     absl::StatusOr<const TensorInfo*> t = Expect(name, shape);
     if (!t.ok()) return t.status();
     const TensorInfo& info = **t;
-    if (info.dtype == DType::kF8E4M3) return Fp8NotSupported(info);
+    if (info.dtype == DType::kF8E4M3) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' in ", *info.file,
+          " is F8_E4M3: only nn.Linear weights may be FP8 (norms, conv1d, A_log, dt_bias stay "
+          "in a float dtype)"));
+    }
     const size_t n = static_cast<size_t>(rows * cols);
     auto buf = std::make_unique<float[]>(n);
     {

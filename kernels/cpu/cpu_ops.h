@@ -12,6 +12,8 @@ void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulat
 void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // GEMM path: oneDNN sgemm, converting non-fp32 weights tile by tile.
 void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+// FP8 only: rows [row0, row0 + rows) of w, dequantised (fp8 * block scale) into out [rows, cols].
+void DequantizeFp8Rows(const Matrix& w, int64_t row0, int64_t rows, float* out);
 
 void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, const AttentionShape& s,
                    const float* q_norm, const float* k_norm, float eps, float* q, float* gate);

@@ -1,6 +1,8 @@
 // y = x · Wᵀ on the CPU. Few rows (decode): an AVX2 kernel streaming W once in its stored dtype.
 // Many rows (prefill, experts): oneDNN sgemm; bf16/fp16 weights are widened tile by tile into a
-// per-thread scratch so that the stored dtype stays the only copy in memory.
+// per-thread scratch so that the stored dtype stays the only copy in memory. Block-scaled FP8
+// (E4M3 + a 128x128 block scale) takes the same two paths: the few-rows kernel sums each
+// 128-column block and scales it once, the GEMM path dequantises 128-row tiles (one block row).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -16,6 +18,7 @@ namespace {
 
 constexpr int64_t kFewRowsMax = 8;  // up to here the weight-streaming kernel wins (bench/)
 constexpr int64_t kTileRows = 128;  // weight rows widened at a time on the GEMM path
+static_assert(kTileRows % kFp8Block == 0, "an FP8 tile must cover whole block rows");
 
 template <DType D>
 inline __m256 Load8(const void* base, int64_t i) {
@@ -31,6 +34,23 @@ inline __m256 Load8(const void* base, int64_t i) {
     return _mm256_cvtph_ps(h);
   }
 }
+
+// E4M3 values as fp32 divided by 2^8: each byte becomes an fp16 bit pattern (sign-extend to 16
+// bits, shift left 7: the 4 exponent and 3 mantissa bits land in fp16's, the sign in bit 15; the
+// mask clears the sign copy in bit 14) widened by F16C, which handles subnormals without a slow
+// path. The missing 2^8 is folded into the block scale.
+constexpr short kFp8ToF16Mask = static_cast<short>(0xBF80);
+inline __m256 LoadFp8x8Over256(const uint8_t* p) {
+  const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(kFp8ToF16Mask)));
+}
+inline void LoadFp8x16Over256(const uint8_t* p, __m256* lo, __m256* hi) {
+  const __m256i b = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i h = _mm256_and_si256(_mm256_slli_epi16(b, 7), _mm256_set1_epi16(kFp8ToF16Mask));
+  *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+constexpr float kFp8Over256Fix = 256.0f;
 
 template <DType D>
 inline float Load1(const void* base, int64_t i) {
@@ -102,6 +122,73 @@ void FewRowsDispatch(const float* x, int64_t m, const Matrix& w, float* y, bool 
   }
 }
 
+// FP8: per weight row, each 128-column block is summed in fp32 and scaled once by its block scale.
+template <int R>
+void Fp8FewRowsKernel(const float* x, const Matrix& w, float* y, bool accumulate) {
+  const int64_t n = w.rows, k = w.cols, scols = w.scale_cols();
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(j) * k;
+    const float* scale = w.block_scale + (j / kFp8Block) * scols;
+    __m256 total[R];
+    for (int r = 0; r < R; ++r) total[r] = _mm256_setzero_ps();
+    float tail[R] = {};
+    for (int64_t c0 = 0, cb = 0; c0 < k; c0 += kFp8Block, ++cb) {
+      const int64_t c1 = std::min(k, c0 + kFp8Block);
+      __m256 acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+      int64_t i = c0;
+      for (; i + 16 <= c1; i += 16) {
+        __m256 lo, hi;
+        LoadFp8x16Over256(row + i, &lo, &hi);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + r * k + i), acc[r]);
+          acc[r] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + r * k + i + 8), acc[r]);
+        }
+      }
+      for (; i + 8 <= c1; i += 8) {
+        const __m256 wv = LoadFp8x8Over256(row + i);
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * k + i), acc[r]);
+      }
+      const __m256 s = _mm256_set1_ps(scale[cb] * kFp8Over256Fix);
+      for (int r = 0; r < R; ++r) total[r] = _mm256_fmadd_ps(acc[r], s, total[r]);
+      for (; i < c1; ++i) {
+        const float wi = F8E4M3ToF32(row[i]) * scale[cb];
+        for (int r = 0; r < R; ++r) tail[r] += wi * x[r * k + i];
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float s = HorizontalSum(total[r]) + tail[r];
+      float& out = y[r * n + j];
+      out = accumulate ? out + s : s;
+    }
+  }
+}
+
+void Fp8FewRowsDispatch(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
+  const int64_t k = w.cols, n = w.rows;
+  for (int64_t r0 = 0; r0 < m; r0 += 4) {
+    const int64_t rows = std::min<int64_t>(4, m - r0);
+    const float* xr = x + r0 * k;
+    float* yr = y + r0 * n;
+    switch (rows) {
+      case 1:
+        Fp8FewRowsKernel<1>(xr, w, yr, accumulate);
+        break;
+      case 2:
+        Fp8FewRowsKernel<2>(xr, w, yr, accumulate);
+        break;
+      case 3:
+        Fp8FewRowsKernel<3>(xr, w, yr, accumulate);
+        break;
+      default:
+        Fp8FewRowsKernel<4>(xr, w, yr, accumulate);
+        break;
+    }
+  }
+}
+
 }  // namespace
 
 void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
@@ -115,9 +202,38 @@ void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool ac
     case DType::kF16:
       FewRowsDispatch<DType::kF16>(x, m, w, y, accumulate);
       break;
+    case DType::kF8E4M3:
+      Fp8FewRowsDispatch(x, m, w, y, accumulate);
+      break;
     default:
       LinearReference(x, m, w, y, accumulate);
       break;
+  }
+}
+
+void DequantizeFp8Rows(const Matrix& w, int64_t row0, int64_t rows, float* out) {
+  const int64_t k = w.cols, scols = w.scale_cols();
+  const uint8_t* base = static_cast<const uint8_t*>(w.data);
+  for (int64_t r = row0; r < row0 + rows; ++r) {
+    const uint8_t* row = base + static_cast<size_t>(r) * k;
+    const float* scale = w.block_scale + (r / kFp8Block) * scols;
+    float* o = out + (r - row0) * k;
+    for (int64_t c0 = 0, cb = 0; c0 < k; c0 += kFp8Block, ++cb) {
+      const int64_t c1 = std::min(k, c0 + kFp8Block);
+      // fp8 (exact in fp32) times the fp32 scale: one rounding, as torch's dequantisation.
+      const __m256 s = _mm256_set1_ps(scale[cb] * kFp8Over256Fix);
+      int64_t c = c0;
+      for (; c + 16 <= c1; c += 16) {
+        __m256 lo, hi;
+        LoadFp8x16Over256(row + c, &lo, &hi);
+        _mm256_storeu_ps(o + c, _mm256_mul_ps(lo, s));
+        _mm256_storeu_ps(o + c + 8, _mm256_mul_ps(hi, s));
+      }
+      for (; c + 8 <= c1; c += 8) {
+        _mm256_storeu_ps(o + c, _mm256_mul_ps(LoadFp8x8Over256(row + c), s));
+      }
+      for (; c < c1; ++c) o[c] = F8E4M3ToF32(row[c]) * scale[cb];
+    }
   }
 }
 
@@ -136,8 +252,13 @@ void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accum
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t j0 = tile * kTileRows, nb = std::min(kTileRows, n - j0);
-      ConvertToF32(w.dtype, static_cast<const char*>(w.data) + static_cast<size_t>(j0) * k * esize,
-                   scratch.data(), static_cast<size_t>(nb * k));
+      if (w.dtype == DType::kF8E4M3) {
+        DequantizeFp8Rows(w, j0, nb, scratch.data());
+      } else {
+        ConvertToF32(w.dtype,
+                     static_cast<const char*>(w.data) + static_cast<size_t>(j0) * k * esize,
+                     scratch.data(), static_cast<size_t>(nb * k));
+      }
       // Inside a parallel region oneDNN runs this call on the calling thread.
       dnnl_sgemm('N', 'T', m, nb, k, 1.0f, x, k, scratch.data(), k, beta, y + j0, n);
     }
@@ -158,8 +279,16 @@ void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool 
   std::vector<float> row(static_cast<size_t>(k));
   const size_t esize = DTypeSize(w.dtype);
   for (int64_t j = 0; j < n; ++j) {
-    ConvertToF32(w.dtype, static_cast<const char*>(w.data) + static_cast<size_t>(j) * k * esize,
-                 row.data(), static_cast<size_t>(k));
+    if (w.dtype == DType::kF8E4M3) {
+      // The plain formula, independent of the vector dequantisation above.
+      for (int64_t i = 0; i < k; ++i) {
+        const uint8_t b = static_cast<const uint8_t*>(w.data)[j * k + i];
+        row[i] = F8E4M3ToF32(b) * w.block_scale[(j / kFp8Block) * w.scale_cols() + i / kFp8Block];
+      }
+    } else {
+      ConvertToF32(w.dtype, static_cast<const char*>(w.data) + static_cast<size_t>(j) * k * esize,
+                   row.data(), static_cast<size_t>(k));
+    }
     for (int64_t r = 0; r < m; ++r) {
       double s = 0;
       for (int64_t i = 0; i < k; ++i) s += static_cast<double>(x[r * k + i]) * row[i];

@@ -1,5 +1,7 @@
 // Golden tests: the C++ engine against logits recorded from Hugging Face transformers
-// (tools/make_golden.py, fp32, torch fallback path) for every case under tests/golden/data/.
+// (tools/make_golden.py, fp32, torch fallback path) for every case under tests/golden/data/; the
+// `fp8` case (tools/make_fp8_golden.py) is a block-scaled FP8 checkpoint referenced on its
+// dequantised weights, so it meets the same tolerance.
 // Tolerance: max |Δlogit| <= 1e-4 of the reference logit range; greedy tokens identical.
 #include <algorithm>
 #include <cmath>
@@ -64,6 +66,10 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     golden_ = nlohmann::json::parse(in);
     auto weights = ModelWeights::Load(dir_);
     ASSERT_TRUE(weights.ok()) << weights.status();
+    if (golden_.contains("fp8")) {  // block-scaled FP8: the tile-dequantising path must run
+      ASSERT_EQ((*weights)->stored_dtype, DType::kF8E4M3);
+      ASSERT_EQ((*weights)->fp8_matrices, golden_["fp8"]["fp8_matrices"].get<int64_t>());
+    }
     backend_ = kernels::MakeCpuBackend();
     model_ = std::make_unique<Qwen3NextModel>(std::move(*weights), backend_.get());
     for (const auto& p : golden_["prompts"]) prompts_.push_back(p.get<std::vector<int32_t>>());
@@ -155,7 +161,7 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, GoldenTest, ::testing::ValuesIn(Cases()),
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenTest);
 
 TEST(GoldenData, IsPresent) {
-  EXPECT_GE(Cases().size(), 3u) << "no golden cases under " << DataDir();
+  EXPECT_GE(Cases().size(), 4u) << "golden cases missing under " << DataDir();
 }
 
 }  // namespace

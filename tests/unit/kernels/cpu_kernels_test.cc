@@ -1,6 +1,7 @@
 // CPU kernels against their obviously-correct forms: GEMM paths vs a double-precision reference,
 // chunked delta rule vs the recurrence, and every cached op split into pieces vs all at once.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -71,6 +72,69 @@ INSTANTIATE_TEST_SUITE_P(DTypesAndRows, LinearTest,
                                            LinearCase{DType::kBF16, 8},
                                            LinearCase{DType::kBF16, 70}, LinearCase{DType::kF16, 2},
                                            LinearCase{DType::kF16, 17}));
+
+// Block-scaled FP8 weights: several 128x128 blocks with partial ones on both edges, scales that
+// differ per block by orders of magnitude, and codes that cover subnormals and both signs.
+struct Fp8Weights {
+  std::string bytes;
+  std::vector<float> scale;
+  Matrix matrix(int64_t n, int64_t k) const {
+    return Matrix{DType::kF8E4M3, bytes.data() + 1, n, k, scale.data()};
+  }
+};
+
+Fp8Weights MakeFp8(int64_t n, int64_t k, uint32_t seed) {
+  Fp8Weights w;
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> code(0, 255);
+  w.bytes = " ";  // odd offset: safetensors data need not be aligned
+  for (int64_t i = 0; i < n * k; ++i) {
+    int c = code(rng);
+    if ((c & 0x7f) == 0x7f) c &= 0xfe;  // no NaN codes
+    w.bytes.push_back(static_cast<char>(c));
+  }
+  const int64_t blocks = ((n + 127) / 128) * ((k + 127) / 128);
+  for (int64_t b = 0; b < blocks; ++b) w.scale.push_back(std::ldexp(1.37f, -12 + 3 * (b % 5)));
+  return w;
+}
+
+TEST(Fp8DequantizeTest, EveryCodeTimesItsBlockScale) {
+  const int64_t n = 300, k = 200;  // 3 x 2 blocks, both edges partial
+  const Fp8Weights f = MakeFp8(n, k, 3);
+  const Matrix w = f.matrix(n, k);
+  std::vector<float> rows(static_cast<size_t>(130 * k));
+  cpu::DequantizeFp8Rows(w, 127, 130, rows.data());  // crosses the first block-row edge
+  for (int64_t r = 127; r < 257; ++r) {
+    for (int64_t c = 0; c < k; ++c) {
+      const uint8_t q = static_cast<uint8_t>(f.bytes[1 + r * k + c]);
+      const float want = F8E4M3ToF32(q) * f.scale[(r / 128) * 2 + c / 128];
+      ASSERT_EQ(rows[(r - 127) * k + c], want) << r << "," << c;
+    }
+  }
+}
+
+class Fp8LinearTest : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(Fp8LinearTest, MatchesReference) {
+  const int64_t m = GetParam();
+  const int64_t n = 300, k = 200;
+  const Fp8Weights f = MakeFp8(n, k, 4);
+  const Matrix w = f.matrix(n, k);
+  const auto x = Random(m * k, 5);
+  std::vector<float> got(m * n, 0.5f), want(m * n, 0.5f);
+  cpu::Linear(x.data(), m, w, got.data(), /*accumulate=*/true);
+  cpu::LinearReference(x.data(), m, w, want.data(), /*accumulate=*/true);
+  float scale = 0;
+  for (float v : want) scale = std::max(scale, std::abs(v));
+  ASSERT_GT(scale, 1e-3f);  // the outputs are not trivially zero
+  EXPECT_LT(MaxAbsDiff(got, want), 1e-5f * scale);
+  std::vector<float> few(m * n), gemm(m * n);
+  cpu::LinearFewRows(x.data(), m, w, few.data(), false);
+  cpu::LinearGemm(x.data(), m, w, gemm.data(), false);
+  EXPECT_LT(MaxAbsDiff(few, gemm), 1e-5f * scale);
+}
+
+INSTANTIATE_TEST_SUITE_P(Rows, Fp8LinearTest, ::testing::Values(1, 2, 3, 4, 5, 8, 9, 40));
 
 DeltaNetShape SmallShape() {
   return DeltaNetShape{2, 4, 16, 8, 4};

@@ -279,6 +279,28 @@ TEST(ConfigTest, RejectsBadFields) {
       {"bias", {{"attention_bias", true}}, absl::StatusCode::kUnimplemented, {"attention_bias"}},
       {"dtype type", {{"torch_dtype", 16}}, kInvalid, {"torch_dtype"}},
       {"null size", {{"hidden_size", nullptr}}, kInvalid, {"hidden_size"}},
+      {"quant method",
+       {{"quantization_config", {{"quant_method", "awq"}}}},
+       absl::StatusCode::kUnimplemented,
+       {"quant_method", "awq", "fp8"}},
+      {"quant no method", {{"quantization_config", {{"fmt", "e4m3"}}}}, kInvalid, {"quant_method"}},
+      {"quant type", {{"quantization_config", 3}}, kInvalid, {"quantization_config", "object"}},
+      {"fp8 fmt",
+       {{"quantization_config", {{"quant_method", "fp8"}, {"fmt", "e5m2"}}}},
+       absl::StatusCode::kUnimplemented,
+       {"quantization_config.fmt", "e5m2", "e4m3"}},
+      {"fp8 block",
+       {{"quantization_config", {{"quant_method", "fp8"}, {"weight_block_size", {64, 64}}}}},
+       absl::StatusCode::kUnimplemented,
+       {"weight_block_size", "[64, 64]", "[128, 128]"}},
+      {"fp8 static",
+       {{"quantization_config", {{"quant_method", "fp8"}, {"activation_scheme", "static"}}}},
+       absl::StatusCode::kUnimplemented,
+       {"activation_scheme", "static"}},
+      {"fp8 skip list",
+       {{"quantization_config", {{"quant_method", "fp8"}, {"modules_to_not_convert", {1}}}}},
+       kInvalid,
+       {"modules_to_not_convert[0]"}},
   };
   for (const BadCase& bc : cases) {
     json j = json::parse(kReal80B);
@@ -290,6 +312,53 @@ TEST(ConfigTest, RejectsBadFields) {
     }
     EXPECT_TRUE(r) << bc.name;
   }
+}
+
+// The quantization_config of the official Qwen3-Next-80B-A3B-Instruct-FP8 release (abridged to
+// layer 0 of its per-layer list).
+TEST(ConfigTest, ParsesFp8QuantizationConfig) {
+  json j = json::parse(kReal80B);
+  j["quantization_config"] = json::parse(R"({
+    "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+    "weight_block_size": [128, 128],
+    "modules_to_not_convert": ["lm_head", "model.embed_tokens", "model.layers.0.mlp.gate",
+                               "model.layers.0.mlp.shared_expert_gate",
+                               "model.layers.0.linear_attn.in_proj_ba", "model.layers.1"]})");
+  absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump(), "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  const QuantizationConfig& q = c->quantization;
+  EXPECT_TRUE(q.fp8);
+  EXPECT_EQ(q.weight_block_size, (std::vector<int64_t>{128, 128}));
+  EXPECT_EQ(q.modules_to_not_convert.size(), 6u);
+  EXPECT_TRUE(q.IsNotConverted("lm_head"));
+  EXPECT_TRUE(q.IsNotConverted("model.layers.0.mlp.gate"));
+  EXPECT_TRUE(q.IsNotConverted("model.layers.0.linear_attn.in_proj_ba"));
+  EXPECT_TRUE(q.IsNotConverted("model.layers.1.mlp.experts.3.up_proj"));  // dotted prefix
+  EXPECT_FALSE(q.IsNotConverted("model.layers.10.mlp.experts.3.up_proj"));
+  EXPECT_FALSE(q.IsNotConverted("model.layers.0.mlp.gate_proj"));
+  EXPECT_FALSE(q.IsNotConverted("model.layers.0.mlp.shared_expert.gate_proj"));
+  EXPECT_FALSE(q.IsNotConverted("model.layers.2.mlp.gate"));
+  // transformers' suffix rule has no boundary: "gate" also matches "shared_expert_gate".
+  QuantizationConfig bare;
+  bare.modules_to_not_convert = {"gate"};
+  EXPECT_TRUE(bare.IsNotConverted("model.layers.4.mlp.shared_expert_gate"));
+  EXPECT_FALSE(bare.IsNotConverted("model.layers.4.mlp.shared_expert.gate_proj"));
+  // Defaults of transformers' FineGrainedFP8Config: only quant_method is required.
+  j["quantization_config"] = {{"quant_method", "fp8"}, {"modules_to_not_convert", nullptr}};
+  c = ParseModelConfig(j.dump(), "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->quantization.fp8);
+  EXPECT_EQ(c->quantization.activation_scheme, "dynamic");
+  // ModelConfigToJson writes it back.
+  c->quantization.modules_to_not_convert = {"lm_head"};
+  absl::StatusOr<ModelConfig> back = ParseModelConfig(ModelConfigToJson(*c), "round trip");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->quantization.fp8);
+  EXPECT_EQ(back->quantization.modules_to_not_convert, std::vector<std::string>{"lm_head"});
+  // No quantization_config: not FP8.
+  c = ParseModelConfig(kReal80B, "config.json");
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->quantization.fp8);
 }
 
 TEST(ConfigTest, RejectsBadJson) {

@@ -99,5 +99,26 @@ TEST(DTypeTest, ConvertToF32AllTypesUnaligned) {
   EXPECT_TRUE(std::signbit(o8[6]));
 }
 
+TEST(DTypeTest, F8E4M3EncodeRoundTripsEveryCodeAndRoundsToNearestEven) {
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7f) == 0x7f) continue;  // NaN
+    const float f = F8E4M3ToF32(static_cast<uint8_t>(c));
+    const uint8_t back = F32ToF8E4M3(f);
+    if (c == 0x80) {
+      EXPECT_EQ(back, 0x80);  // -0 keeps its sign
+    } else {
+      EXPECT_EQ(back, c) << "code " << c << " value " << f;
+    }
+  }
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(1.0625f)), 1.0f);   // tie between 1 and 1.125 -> even
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(1.1875f)), 1.25f);  // tie between 1.125 and 1.25 -> even
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(450.0f)), 448.0f);
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(-464.0f)), -448.0f);  // tie with 480 (NaN code) -> 448
+  EXPECT_TRUE(std::isnan(F8E4M3ToF32(F32ToF8E4M3(470.0f))));
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(std::ldexp(1.0f, -10))), 0.0f);  // half of 2^-9: even
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(std::ldexp(3.0f, -11))), std::ldexp(1.0f, -9));
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(std::ldexp(15.5f, -10))), std::ldexp(1.0f, -6));
+}
+
 }  // namespace
 }  // namespace nextserve

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -142,6 +143,53 @@ std::vector<TinyTensor> MakeTinyTensors(const ModelConfig& c, DType dtype, DType
     }
   }
   return out;
+}
+
+void QuantizeToFp8(const ModelConfig& config, std::vector<TinyTensor>& tensors) {
+  constexpr int64_t kBlock = 128;
+  std::vector<TinyTensor> scales;
+  for (TinyTensor& t : tensors) {
+    const std::string suffix = ".weight";
+    if (t.shape.size() != 2 || t.name == "model.embed_tokens.weight" ||
+        t.name.size() <= suffix.size() ||
+        t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
+        t.name.rfind("mtp.", 0) == 0) {
+      continue;
+    }
+    if (config.quantization.IsNotConverted(t.name.substr(0, t.name.size() - suffix.size()))) {
+      continue;
+    }
+    const int64_t rows = t.shape[0], cols = t.shape[1];
+    const int64_t br = (rows + kBlock - 1) / kBlock, bc = (cols + kBlock - 1) / kBlock;
+    // The bf16 / f16 rounding the dtype would have applied comes first, as in a real conversion.
+    for (float& v : t.values) {
+      if (t.dtype == DType::kBF16) v = Bf16ToF32(F32ToBf16(v));
+      if (t.dtype == DType::kF16) v = F16ToF32(F32ToF16(v));
+    }
+    std::vector<float> scale(br * bc);
+    std::string bytes(rows * cols, '\0');
+    for (int64_t b = 0; b < br * bc; ++b) {
+      const int64_t r0 = (b / bc) * kBlock, c0 = (b % bc) * kBlock;
+      const int64_t r1 = std::min(rows, r0 + kBlock), c1 = std::min(cols, c0 + kBlock);
+      float amax = 0;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::abs(t.values[r * cols + c]));
+      const float s = std::max(amax, 1e-12f) / 448.0f;
+      scale[b] = s;
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = c0; c < c1; ++c) {
+          float& v = t.values[r * cols + c];
+          const uint8_t q = F32ToF8E4M3(v / s);
+          bytes[r * cols + c] = static_cast<char>(q);
+          v = F8E4M3ToF32(q) * s;
+        }
+      }
+    }
+    t.dtype = DType::kF8E4M3;
+    t.raw_bytes = std::move(bytes);
+    scales.push_back({t.name + "_scale_inv", DType::kF32, {br, bc}, std::move(scale), {}});
+  }
+  for (TinyTensor& s : scales) tensors.push_back(std::move(s));
 }
 
 TinyTensor* FindTensor(std::vector<TinyTensor>& tensors, const std::string& name) {

@@ -46,6 +46,12 @@ struct TinyCheckpointOptions {
 absl::Status WriteTinyCheckpoint(const std::string& dir, const ModelConfig& config,
                                  const TinyCheckpointOptions& options = {});
 
+// Block-scaled FP8 as transformers' fine-grained FP8 stores it: every 2-D `*.weight` other than
+// the embedding whose module `config.quantization` does not leave unquantised becomes F8_E4M3
+// (per 128x128 block: scale = amax / 448, fp8 = round(w / scale)) plus `<name>_scale_inv` (F32,
+// [ceil(rows / 128), ceil(cols / 128)]). `values` keep the dequantised weights, fp8 * scale.
+void QuantizeToFp8(const ModelConfig& config, std::vector<TinyTensor>& tensors);
+
 // Finds a tensor in a list (nullptr if absent).
 TinyTensor* FindTensor(std::vector<TinyTensor>& tensors, const std::string& name);
 

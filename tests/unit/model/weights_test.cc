@@ -1,6 +1,9 @@
 #include "model/weights.h"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include "gtest/gtest.h"
 #include "tests/unit/model/status_matchers.h"
@@ -311,30 +314,172 @@ TEST(WeightsTest, MixedLargeDtypes) {
                        dir.File("model.safetensors")}));
 }
 
-TEST(WeightsTest, Fp8IsUnimplemented) {
-  TempDir dir;
+// A config whose matrices span several 128x128 blocks, some partial, quantised like the official
+// Qwen3-Next FP8 release: lm_head, the routers, the shared-expert gates and in_proj_ba unquantised.
+ModelConfig Fp8Config() {
+  ModelConfig c = TinyConfig();
+  c.hidden_size = 160;                      // 2 column blocks, the second partial
+  c.shared_expert_intermediate_size = 136;  // shared down_proj: 2 x 2 blocks
+  c.quantization.fp8 = true;
+  c.quantization.modules_to_not_convert = {"lm_head"};
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    for (const char* m : {"mlp.gate", "mlp.shared_expert_gate", "linear_attn.in_proj_ba"}) {
+      c.quantization.modules_to_not_convert.push_back(p + m);
+    }
+  }
+  return c;
+}
+
+TinyCheckpointOptions Fp8Options(std::function<void(std::vector<TinyTensor>&)> after = {}) {
   TinyCheckpointOptions opt;
-  opt.edit = [](std::vector<TinyTensor>& ts) {
-    TinyTensor* t = FindTensor(ts, "model.layers.0.linear_attn.out_proj.weight");
-    t->dtype = DType::kF8E4M3;
-    t->raw_bytes = std::string(t->values.size(), '\x38');
+  opt.seed = 7;
+  const ModelConfig c = Fp8Config();
+  opt.edit = [c, after](std::vector<TinyTensor>& ts) {
+    testing::QuantizeToFp8(c, ts);
+    if (after) after(ts);
   };
-  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), TinyConfig(), opt).ok());
-  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kUnimplemented,
-                      {"model.layers.0.linear_attn.out_proj.weight", "FP8", "not supported",
+  return opt;
+}
+
+TEST(WeightsFp8Test, BindsFp8AndUnconvertedModules) {
+  TempDir dir;
+  const ModelConfig config = Fp8Config();
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), config, Fp8Options()).ok());
+  std::unique_ptr<ModelWeights> w = LoadOk(dir.path());
+  ASSERT_NE(w, nullptr);
+  EXPECT_TRUE(w->config().quantization.fp8);
+  EXPECT_EQ(w->stored_dtype, DType::kF8E4M3);
+  EXPECT_EQ(w->unquantized_dtype, DType::kBF16);
+  EXPECT_EQ(w->embed_tokens.dtype, DType::kBF16);
+  EXPECT_EQ(w->lm_head.dtype, DType::kBF16);
+  const LayerWeights& l0 = w->layers[0];
+  EXPECT_EQ(l0.delta_net.in_proj_ba.dtype, DType::kBF16);
+  EXPECT_EQ(l0.moe.router.dtype, DType::kBF16);
+  EXPECT_EQ(l0.moe.shared_expert_gate.dtype, DType::kBF16);
+  EXPECT_EQ(l0.delta_net.in_proj_qkvz.dtype, DType::kF8E4M3);
+  EXPECT_EQ(w->layers[3].attention.q_proj.dtype, DType::kF8E4M3);
+
+  // Every FP8 element dequantises (fp8 * its block's scale) to the value the writer intended.
+  std::vector<TinyTensor> want = testing::MakeTinyTensors(config, DType::kBF16, DType::kF32, 7);
+  testing::QuantizeToFp8(config, want);
+  const WeightRef& down = l0.moe.shared_expert.down_proj;  // [160, 136]: 2 x 2 blocks
+  ASSERT_EQ(down.dtype, DType::kF8E4M3);
+  ASSERT_NE(down.block_scale, nullptr);
+  const TinyTensor* t = FindTensor(want, "model.layers.0.mlp.shared_expert.down_proj.weight");
+  ASSERT_NE(t, nullptr);
+  const TinyTensor* sc = FindTensor(want, t->name + "_scale_inv");
+  ASSERT_NE(sc, nullptr);
+  ASSERT_EQ(sc->shape, (std::vector<int64_t>{2, 2}));
+  for (int b = 0; b < 4; ++b) EXPECT_EQ(down.block_scale[b], sc->values[b]) << b;
+  int64_t nonzero = 0;
+  for (int64_t r = 0; r < down.rows; ++r) {
+    for (int64_t c = 0; c < down.cols; ++c) {
+      const uint8_t q = static_cast<const uint8_t*>(down.data)[r * down.cols + c];
+      const float got = F8E4M3ToF32(q) * down.block_scale[(r / 128) * 2 + c / 128];
+      ASSERT_EQ(got, t->values[r * down.cols + c]) << r << "," << c;
+      nonzero += got != 0;
+    }
+  }
+  EXPECT_GT(nonzero, down.rows * down.cols * 9 / 10);
+}
+
+TEST(WeightsFp8Test, Bf16ScalesAreAccepted) {
+  TempDir dir;
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), Fp8Config(), Fp8Options([](auto& ts) {
+                                    for (TinyTensor& t : ts)
+                                      if (t.name.find("_scale_inv") != std::string::npos)
+                                        t.dtype = DType::kBF16;
+                                  }))
+                  .ok());
+  std::unique_ptr<ModelWeights> w = LoadOk(dir.path());
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->layers[0].delta_net.out_proj.dtype, DType::kF8E4M3);
+}
+
+TEST(WeightsFp8Test, MissingScale) {
+  TempDir dir;
+  const std::string name = "model.layers.0.linear_attn.out_proj.weight_scale_inv";
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), Fp8Config(), Fp8Options([&](auto& ts) {
+                                    ts.erase(
+                                        std::remove_if(ts.begin(), ts.end(),
+                                                       [&](auto& t) { return t.name == name; }),
+                                        ts.end());
+                                  }))
+                  .ok());
+  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kNotFound,
+                      {name, "[2, 1]", "model.layers.0.linear_attn.out_proj.weight",
                        dir.File("model.safetensors")}));
 }
 
-TEST(WeightsTest, WeightScaleInvIsUnimplemented) {
+TEST(WeightsFp8Test, WrongScaleShape) {
   TempDir dir;
-  TinyCheckpointOptions opt;
-  opt.edit = [](std::vector<TinyTensor>& ts) {
-    ts.push_back(
-        {"model.layers.0.linear_attn.out_proj.weight_scale_inv", DType::kF32, {1, 1}, {1.f}, {}});
-  };
-  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), TinyConfig(), opt).ok());
-  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kUnimplemented,
-                      {"model.layers.0.linear_attn.out_proj.weight_scale_inv", "FP8"}));
+  const std::string name = "model.layers.3.self_attn.o_proj.weight_scale_inv";
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), Fp8Config(), Fp8Options([&](auto& ts) {
+                                    TinyTensor* t = FindTensor(ts, name);
+                                    t->shape = {1, 2};
+                                  }))
+                  .ok());
+  EXPECT_TRUE(
+      IsError(LoadStatus(dir.path()), kInvalid,
+              {name, "[1, 2]", "expected [2, 1]", "128x128", dir.File("model.safetensors")}));
+}
+
+TEST(WeightsFp8Test, NonFiniteScale) {
+  TempDir dir;
+  const std::string name = "model.layers.3.self_attn.o_proj.weight_scale_inv";
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), Fp8Config(), Fp8Options([&](auto& ts) {
+                                    FindTensor(ts, name)->values[1] = INFINITY;
+                                  }))
+                  .ok());
+  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kInvalid, {name, "non-finite", "block 1, 0"}));
+}
+
+TEST(WeightsFp8Test, UnquantisedWhereFp8Expected) {
+  TempDir dir;
+  const std::string name = "model.layers.2.mlp.experts.5.up_proj.weight";
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), Fp8Config(), Fp8Options([&](auto& ts) {
+                                    TinyTensor* t = FindTensor(ts, name);
+                                    t->dtype = DType::kBF16;
+                                    t->raw_bytes.clear();
+                                  }))
+                  .ok());
+  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kInvalid,
+                      {name, "BF16", "expected F8_E4M3", "modules_to_not_convert"}));
+}
+
+TEST(WeightsFp8Test, Fp8WhereModulesToNotConvertSaysNo) {
+  TempDir dir;
+  ModelConfig c = Fp8Config();
+  c.quantization.modules_to_not_convert.push_back("model.layers.1.linear_attn.out_proj");
+  TinyCheckpointOptions opt = Fp8Options();
+  opt.edit = [](std::vector<TinyTensor>& ts) { testing::QuantizeToFp8(Fp8Config(), ts); };
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), c, opt).ok());
+  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kInvalid,
+                      {"model.layers.1.linear_attn.out_proj.weight", "F8_E4M3",
+                       "modules_to_not_convert lists it"}));
+}
+
+TEST(WeightsFp8Test, Fp8TensorsWithoutQuantizationConfig) {
+  TempDir dir;
+  ModelConfig plain = Fp8Config();
+  plain.quantization = {};
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), plain, Fp8Options()).ok());
+  EXPECT_TRUE(IsError(LoadStatus(dir.path()), kInvalid,
+                      {"model.layers.0.linear_attn.in_proj_qkvz.weight", "FP8",
+                       "quantization_config", dir.File("model.safetensors")}));
+}
+
+TEST(WeightsFp8Test, UnownedExpertsScalesAreCheckedNotRead) {
+  TempDir dir;
+  ASSERT_TRUE(WriteTinyCheckpoint(dir.path(), Fp8Config(), Fp8Options()).ok());
+  LoadOptions only;
+  only.experts = std::vector<int64_t>{1, 6};
+  std::unique_ptr<ModelWeights> w = LoadOk(dir.path(), only);
+  ASSERT_NE(w, nullptr);
+  EXPECT_FALSE(w->layers[0].moe.experts[0].present());
+  EXPECT_EQ(w->layers[0].moe.experts[6].gate_proj.dtype, DType::kF8E4M3);
+  EXPECT_NE(w->layers[0].moe.experts[6].gate_proj.block_scale, nullptr);
 }
 
 TEST(WeightsTest, ConfigContradictsTensors) {
