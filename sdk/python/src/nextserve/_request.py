@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import grpc
 
+from nextserve.errors import Unavailable
+from nextserve.types import ResultBuilder
 from nextserve.v1 import inference_pb2 as pb
 
 Message = Mapping[str, Any]
@@ -135,6 +138,47 @@ class Retry:
     def backoff(self, attempt: int) -> float:
         # Full jitter: clients that lost the same rank do not come back in step.
         return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * (2**attempt)))
+
+
+class StreamState:
+    """What a stream's response generator needs, for the sync and the asyncio client alike. The
+    generator holds this, not the Stream, so that dropping the Stream (e.g. breaking out of a loop
+    over it) frees it at once and cancels the call."""
+
+    def __init__(self, client: Any, request: pb.GenerateRequest, timeout: Optional[float]):
+        self.stub = client._stub
+        self.metadata = client._metadata
+        self.retry: Retry = client.retry
+        self.request = request
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.call: Any = None  # grpc.Call or grpc.aio.UnaryStreamCall
+        self.builder = ResultBuilder()
+        self.done = False
+        self.attempt = 0
+
+    def remaining(self) -> Optional[float]:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def cancel(self) -> None:
+        if self.call is not None and not self.done:
+            self.call.cancel()
+
+    def retry_pause(self, error: Exception) -> Optional[float]:
+        """How long to wait before retrying after `error`, or None to give up: UNAVAILABLE only,
+        only before the first token (afterwards a retry would repeat text), within the deadline."""
+        if not isinstance(error, Unavailable) or self.builder.tokens_seen > 0:
+            return None
+        return retry_pause(self.retry, self.attempt, self.deadline)
+
+
+def retry_pause(retry: Retry, attempt: int, deadline: Optional[float]) -> Optional[float]:
+    """The backoff before retry number `attempt`, or None when retries or the deadline are spent."""
+    if attempt >= retry.max_retries:
+        return None
+    pause = retry.backoff(attempt)
+    if deadline is not None and time.monotonic() + pause >= deadline:
+        return None
+    return pause
 
 
 def _read(value: Union[bytes, str, None]) -> Optional[bytes]:

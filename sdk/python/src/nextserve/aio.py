@@ -20,32 +20,12 @@ import grpc.aio
 
 from nextserve import _request
 from nextserve.errors import NextserveError, Unavailable, from_rpc_error
-from nextserve.types import Delta, ModelInfo, Result, ResultBuilder, model_info_from_pb
+from nextserve.types import Delta, ModelInfo, Result, model_info_from_pb
 from nextserve.v1 import inference_pb2 as pb
 from nextserve.v1 import inference_pb2_grpc as pb_grpc
 
 
-class _StreamState:
-    def __init__(self, client: "AsyncClient", request: pb.GenerateRequest, timeout):
-        self.stub = client._stub
-        self.metadata = client._metadata
-        self.retry = client.retry
-        self.request = request
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.call: Optional[grpc.aio.UnaryStreamCall] = None
-        self.builder = ResultBuilder()
-        self.done = False
-
-    def remaining(self) -> Optional[float]:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def cancel(self) -> None:
-        if self.call is not None and not self.done:
-            self.call.cancel()
-
-
-async def _responses(state: _StreamState) -> AsyncIterator[Delta]:
-    attempt = 0
+async def _responses(state: _request.StreamState) -> AsyncIterator[Delta]:
     try:
         while True:
             state.call = state.stub.Generate(
@@ -63,18 +43,11 @@ async def _responses(state: _StreamState) -> AsyncIterator[Delta]:
                 return
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
-                if (
-                    isinstance(error, Unavailable)
-                    and state.builder.tokens_seen == 0
-                    and attempt < state.retry.max_retries
-                ):
-                    pause = state.retry.backoff(attempt)
-                    remaining = state.remaining()
-                    if remaining is None or pause < remaining:
-                        attempt += 1
-                        await asyncio.sleep(pause)
-                        continue
-                raise error from None
+                pause = state.retry_pause(error)
+                if pause is None:
+                    raise error from None
+                state.attempt += 1
+                await asyncio.sleep(pause)
     finally:
         state.cancel()  # also when the reading task is cancelled (CancelledError passes here)
         state.done = True
@@ -84,7 +57,7 @@ class AsyncStream:
     """An async iterator of Deltas; afterwards `await result()`, `finish_reason`, `usage`."""
 
     def __init__(self, client: "AsyncClient", request: pb.GenerateRequest, timeout):
-        self._state = _StreamState(client, request, timeout)
+        self._state = _request.StreamState(client, request, timeout)
         self._responses = _responses(self._state)
 
     def __aiter__(self) -> "AsyncStream":
@@ -235,10 +208,12 @@ class AsyncClient:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
-                if isinstance(error, Unavailable) and attempt < self.retry.max_retries:
-                    pause = self.retry.backoff(attempt)
-                    if deadline is None or time.monotonic() + pause < deadline:
-                        attempt += 1
-                        await asyncio.sleep(pause)
-                        continue
-                raise error from None
+                pause = (
+                    _request.retry_pause(self.retry, attempt, deadline)
+                    if isinstance(error, Unavailable)
+                    else None
+                )
+                if pause is None:
+                    raise error from None
+                attempt += 1
+                await asyncio.sleep(pause)

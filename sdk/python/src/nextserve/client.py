@@ -17,35 +17,12 @@ import grpc
 
 from nextserve import _request
 from nextserve.errors import NextserveError, Unavailable, from_rpc_error
-from nextserve.types import Delta, ModelInfo, Result, ResultBuilder, model_info_from_pb
+from nextserve.types import Delta, ModelInfo, Result, model_info_from_pb
 from nextserve.v1 import inference_pb2 as pb
 from nextserve.v1 import inference_pb2_grpc as pb_grpc
 
 
-class _StreamState:
-    """What the response generator needs; it holds this, not the Stream, so that dropping the
-    Stream (e.g. breaking out of a for loop over it) frees it at once and cancels the call."""
-
-    def __init__(self, client: "Client", request: pb.GenerateRequest, timeout: Optional[float]):
-        self.stub = client._stub
-        self.metadata = client._metadata
-        self.retry = client.retry
-        self.request = request
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.call: Optional[grpc.Call] = None
-        self.builder = ResultBuilder()
-        self.done = False
-
-    def remaining(self) -> Optional[float]:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def cancel(self) -> None:
-        if self.call is not None and not self.done:
-            self.call.cancel()
-
-
-def _responses(state: _StreamState) -> Iterator[Delta]:
-    attempt = 0
+def _responses(state: _request.StreamState) -> Iterator[Delta]:
     try:
         while True:
             state.call = state.stub.Generate(
@@ -63,19 +40,11 @@ def _responses(state: _StreamState) -> Iterator[Delta]:
                 return
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
-                # Only before the first token: afterwards a retry would repeat text.
-                if (
-                    isinstance(error, Unavailable)
-                    and state.builder.tokens_seen == 0
-                    and attempt < state.retry.max_retries
-                ):
-                    pause = state.retry.backoff(attempt)
-                    remaining = state.remaining()
-                    if remaining is None or pause < remaining:
-                        attempt += 1
-                        time.sleep(pause)
-                        continue
-                raise error from None
+                pause = state.retry_pause(error)
+                if pause is None:
+                    raise error from None
+                state.attempt += 1
+                time.sleep(pause)
     finally:
         state.cancel()  # a no-op once the Final arrived; otherwise aborts it on the rank
         state.done = True
@@ -89,7 +58,7 @@ class Stream:
     """
 
     def __init__(self, client: "Client", request: pb.GenerateRequest, timeout: Optional[float]):
-        self._state = _StreamState(client, request, timeout)
+        self._state = _request.StreamState(client, request, timeout)
         self._responses = _responses(self._state)
 
     def __iter__(self) -> "Stream":
@@ -285,10 +254,12 @@ class Client:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
-                if isinstance(error, Unavailable) and attempt < self.retry.max_retries:
-                    pause = self.retry.backoff(attempt)
-                    if deadline is None or time.monotonic() + pause < deadline:
-                        attempt += 1
-                        time.sleep(pause)
-                        continue
-                raise error from None
+                pause = (
+                    _request.retry_pause(self.retry, attempt, deadline)
+                    if isinstance(error, Unavailable)
+                    else None
+                )
+                if pause is None:
+                    raise error from None
+                attempt += 1
+                time.sleep(pause)
