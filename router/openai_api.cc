@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <random>
+#include <span>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -65,11 +66,41 @@ class Fields {
     if (absl::Status _s = (expr); !_s.ok()) return _s; \
   } while (0)
 
-absl::Status CheckKnown(const json& j, std::initializer_list<std::string_view> known,
+using FieldList = std::span<const std::string_view>;
+// What ParseCommon reads, and what each endpoint adds (OpenAI's names, plus vLLM's extras).
+constexpr std::string_view kCommonFields[] = {"model",
+                                              "max_tokens",
+                                              "temperature",
+                                              "top_p",
+                                              "n",
+                                              "stream",
+                                              "stream_options",
+                                              "stop",
+                                              "seed",
+                                              "logprobs",
+                                              "presence_penalty",
+                                              "frequency_penalty",
+                                              "logit_bias",
+                                              "user",
+                                              "top_k",
+                                              "min_p",
+                                              "repetition_penalty",
+                                              "min_tokens",
+                                              "ignore_eos",
+                                              "stop_token_ids",
+                                              "response_format"};
+constexpr std::string_view kChatFields[] = {
+    "messages",    "max_completion_tokens", "top_logprobs", "tools",
+    "tool_choice", "parallel_tool_calls",   "metadata",     "store"};
+constexpr std::string_view kCompletionsFields[] = {"prompt", "echo", "suffix", "best_of"};
+
+absl::Status CheckKnown(const json& j, std::initializer_list<FieldList> known,
                         const std::string& where = "") {
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool ok = false;
-    for (std::string_view k : known) ok = ok || it.key() == k;
+    for (const FieldList& list : known) {
+      for (std::string_view k : list) ok = ok || it.key() == k;
+    }
     if (!ok) {
       return Bad(where.empty() ? it.key() : absl::StrCat(where, ".", it.key()),
                  "unknown or unsupported parameter");
@@ -131,7 +162,8 @@ absl::Status ParseCommon(const json& j, ParsedRequest* out) {
   if (const json* so = f.Get("stream_options")) {
     if (!so->is_object()) return Bad("stream_options", "must be an object");
     if (!out->stream) return Bad("stream_options", "is only allowed with stream: true");
-    RETURN_IF_ERROR(CheckKnown(*so, {"include_usage", "continuous_usage_stats"}, "stream_options"));
+    constexpr std::string_view kStreamOptions[] = {"include_usage", "continuous_usage_stats"};
+    RETURN_IF_ERROR(CheckKnown(*so, {kStreamOptions}, "stream_options"));
     std::optional<bool> usage;
     RETURN_IF_ERROR(Fields(*so).Bool("include_usage", &usage));
     out->include_usage = usage.value_or(false);
@@ -213,35 +245,7 @@ absl::StatusOr<std::string> ContentText(const json& m, const std::string& where)
 absl::StatusOr<ParsedRequest> ParseChatCompletions(const std::string& body) {
   absl::StatusOr<json> j = ParseBody(body);
   if (!j.ok()) return j.status();
-  RETURN_IF_ERROR(CheckKnown(*j, {"model",
-                                  "messages",
-                                  "max_tokens",
-                                  "max_completion_tokens",
-                                  "temperature",
-                                  "top_p",
-                                  "n",
-                                  "stream",
-                                  "stream_options",
-                                  "stop",
-                                  "seed",
-                                  "logprobs",
-                                  "top_logprobs",
-                                  "presence_penalty",
-                                  "frequency_penalty",
-                                  "logit_bias",
-                                  "tools",
-                                  "tool_choice",
-                                  "parallel_tool_calls",
-                                  "user",
-                                  "response_format",
-                                  "top_k",
-                                  "min_p",
-                                  "repetition_penalty",
-                                  "min_tokens",
-                                  "ignore_eos",
-                                  "stop_token_ids",
-                                  "metadata",
-                                  "store"}));
+  RETURN_IF_ERROR(CheckKnown(*j, {kCommonFields, kChatFields}));
   ParsedRequest out;
   out.endpoint = Endpoint::kChat;
   RETURN_IF_ERROR(ParseCommon(*j, &out));
@@ -268,10 +272,9 @@ absl::StatusOr<ParsedRequest> ParseChatCompletions(const std::string& body) {
     const json& m = (*messages)[i];
     const std::string where = absl::StrCat("messages[", i, "]");
     if (!m.is_object()) return Bad(where, "must be an object");
-    RETURN_IF_ERROR(CheckKnown(
-        m,
-        {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "reasoning_content"},
-        where));
+    constexpr std::string_view kMessageFields[] = {
+        "role", "content", "name", "tool_calls", "tool_call_id", "refusal", "reasoning_content"};
+    RETURN_IF_ERROR(CheckKnown(m, {kMessageFields}, where));
     if (!m.contains("role") || !m["role"].is_string()) return Bad(where + ".role", "is required");
     std::string role = m["role"].get<std::string>();
     if (role == "developer") role = "system";  // OpenAI's newer name for it
@@ -334,30 +337,7 @@ absl::StatusOr<ParsedRequest> ParseChatCompletions(const std::string& body) {
 absl::StatusOr<ParsedRequest> ParseCompletions(const std::string& body) {
   absl::StatusOr<json> j = ParseBody(body);
   if (!j.ok()) return j.status();
-  RETURN_IF_ERROR(CheckKnown(*j, {"model",
-                                  "prompt",
-                                  "max_tokens",
-                                  "temperature",
-                                  "top_p",
-                                  "n",
-                                  "stream",
-                                  "stream_options",
-                                  "stop",
-                                  "seed",
-                                  "logprobs",
-                                  "echo",
-                                  "suffix",
-                                  "best_of",
-                                  "presence_penalty",
-                                  "frequency_penalty",
-                                  "logit_bias",
-                                  "user",
-                                  "top_k",
-                                  "min_p",
-                                  "repetition_penalty",
-                                  "min_tokens",
-                                  "ignore_eos",
-                                  "stop_token_ids"}));
+  RETURN_IF_ERROR(CheckKnown(*j, {kCommonFields, kCompletionsFields}));
   ParsedRequest out;
   out.endpoint = Endpoint::kCompletions;
   RETURN_IF_ERROR(ParseCommon(*j, &out));
