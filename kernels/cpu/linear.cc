@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "dnnl.h"
@@ -98,28 +99,36 @@ void FewRowsKernel(const float* x, const Matrix& w, float* y, bool accumulate) {
   }
 }
 
-template <DType D>
-void FewRowsDispatch(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
+// Runs `kernel(std::integral_constant<int, R>, x_rows, y_rows)` over groups of up to 4 rows, R the
+// group's size, so that each kernel is compiled for a fixed row count.
+template <typename Kernel>
+void ForRowGroups(const float* x, int64_t m, const Matrix& w, float* y, Kernel kernel) {
   const int64_t k = w.cols, n = w.rows;
   for (int64_t r0 = 0; r0 < m; r0 += 4) {
-    const int64_t rows = std::min<int64_t>(4, m - r0);
     const float* xr = x + r0 * k;
     float* yr = y + r0 * n;
-    switch (rows) {
+    switch (std::min<int64_t>(4, m - r0)) {
       case 1:
-        FewRowsKernel<D, 1>(xr, w, yr, accumulate);
+        kernel(std::integral_constant<int, 1>{}, xr, yr);
         break;
       case 2:
-        FewRowsKernel<D, 2>(xr, w, yr, accumulate);
+        kernel(std::integral_constant<int, 2>{}, xr, yr);
         break;
       case 3:
-        FewRowsKernel<D, 3>(xr, w, yr, accumulate);
+        kernel(std::integral_constant<int, 3>{}, xr, yr);
         break;
       default:
-        FewRowsKernel<D, 4>(xr, w, yr, accumulate);
+        kernel(std::integral_constant<int, 4>{}, xr, yr);
         break;
     }
   }
+}
+
+template <DType D>
+void FewRowsDispatch(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
+  ForRowGroups(x, m, w, y, [&](auto rows, const float* xr, float* yr) {
+    FewRowsKernel<D, decltype(rows)::value>(xr, w, yr, accumulate);
+  });
 }
 
 // FP8: per weight row, each 128-column block is summed in fp32 and scaled once by its block scale.
@@ -167,26 +176,9 @@ void Fp8FewRowsKernel(const float* x, const Matrix& w, float* y, bool accumulate
 }
 
 void Fp8FewRowsDispatch(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
-  const int64_t k = w.cols, n = w.rows;
-  for (int64_t r0 = 0; r0 < m; r0 += 4) {
-    const int64_t rows = std::min<int64_t>(4, m - r0);
-    const float* xr = x + r0 * k;
-    float* yr = y + r0 * n;
-    switch (rows) {
-      case 1:
-        Fp8FewRowsKernel<1>(xr, w, yr, accumulate);
-        break;
-      case 2:
-        Fp8FewRowsKernel<2>(xr, w, yr, accumulate);
-        break;
-      case 3:
-        Fp8FewRowsKernel<3>(xr, w, yr, accumulate);
-        break;
-      default:
-        Fp8FewRowsKernel<4>(xr, w, yr, accumulate);
-        break;
-    }
-  }
+  ForRowGroups(x, m, w, y, [&](auto rows, const float* xr, float* yr) {
+    Fp8FewRowsKernel<decltype(rows)::value>(xr, w, yr, accumulate);
+  });
 }
 
 }  // namespace

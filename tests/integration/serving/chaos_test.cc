@@ -62,23 +62,34 @@ bool WaitRouterSees(sdk::Client& client, int ranks, absl::Duration timeout) {
   return false;
 }
 
+// Router + kRanks replica ranks with the supervisor on (200 ms first wait); its lines go to
+// stderr and to `log`.
+absl::StatusOr<std::unique_ptr<Cluster>> StartSupervised(const std::string& dir,
+                                                         std::vector<std::string> rank_args,
+                                                         absl::Duration max_backoff,
+                                                         absl::Duration stable_after,
+                                                         std::shared_ptr<SupervisorLog> log) {
+  return Cluster::Start(dir, {.ranks = kRanks,
+                              .rank_args = std::move(rank_args),
+                              .router_args = {},
+                              .start_timeout = absl::Seconds(60),
+                              .restart = {.enabled = true,
+                                          .initial_backoff = absl::Milliseconds(200),
+                                          .max_backoff = max_backoff,
+                                          .stable_after = stable_after,
+                                          .log = [log](const std::string& line) {
+                                            std::fprintf(stderr, "%s\n", line.c_str());
+                                            std::lock_guard lock(log->mu);
+                                            log->lines.push_back(line);
+                                          }}});
+}
+
 TEST(Chaos, RanksKilledAndRestartedUnderLoad) {
   absl::StatusOr<std::string> dir = TestModelDir();
   ASSERT_TRUE(dir.ok()) << dir.status();
   auto log = std::make_shared<SupervisorLog>();
-  auto started = Cluster::Start(*dir, {.ranks = kRanks,
-                                       .rank_args = {"--kv-blocks", "256", "--state-slots", "16"},
-                                       .router_args = {},
-                                       .start_timeout = absl::Seconds(60),
-                                       .restart = {.enabled = true,
-                                                   .initial_backoff = absl::Milliseconds(200),
-                                                   .max_backoff = absl::Seconds(2),
-                                                   .stable_after = absl::Seconds(1),
-                                                   .log = [log](const std::string& line) {
-                                                     std::fprintf(stderr, "%s\n", line.c_str());
-                                                     std::lock_guard lock(log->mu);
-                                                     log->lines.push_back(line);
-                                                   }}});
+  auto started = StartSupervised(*dir, {"--kv-blocks", "256", "--state-slots", "16"},
+                                 absl::Seconds(2), absl::Seconds(1), log);
   ASSERT_TRUE(started.ok()) << started.status();
   Cluster& cluster = **started;
   const pid_t router_pid = cluster.router_pid();
@@ -228,19 +239,8 @@ TEST(Chaos, CrashLoopBacksOffUpToTheCapAndRecovers) {
   absl::StatusOr<std::string> dir = TestModelDir();
   ASSERT_TRUE(dir.ok()) << dir.status();
   auto log = std::make_shared<SupervisorLog>();
-  auto started = Cluster::Start(*dir, {.ranks = kRanks,
-                                       .rank_args = {"--kv-blocks", "64", "--state-slots", "4"},
-                                       .router_args = {},
-                                       .start_timeout = absl::Seconds(60),
-                                       .restart = {.enabled = true,
-                                                   .initial_backoff = absl::Milliseconds(200),
-                                                   .max_backoff = absl::Seconds(1),
-                                                   .stable_after = absl::Seconds(30),
-                                                   .log = [log](const std::string& line) {
-                                                     std::fprintf(stderr, "%s\n", line.c_str());
-                                                     std::lock_guard lock(log->mu);
-                                                     log->lines.push_back(line);
-                                                   }}});
+  auto started = StartSupervised(*dir, {"--kv-blocks", "64", "--state-slots", "4"},
+                                 absl::Seconds(1), absl::Seconds(30), log);
   ASSERT_TRUE(started.ok()) << started.status();
   Cluster& cluster = **started;
   auto client = sdk::Client::Create(cluster.router_address());
