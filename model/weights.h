@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
-#include "model/dtype.h"
+#include "base/dtype.h"
 
 namespace nextserve {
 

@@ -8,7 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/config.h"
-#include "model/dtype.h"
+#include "base/dtype.h"
 
 namespace nextserve {
 

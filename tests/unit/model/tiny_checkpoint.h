@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "model/config.h"
-#include "model/dtype.h"
+#include "base/dtype.h"
 
 namespace nextserve::testing {
 

@@ -1,4 +1,4 @@
-#include "model/dtype.h"
+#include "base/dtype.h"
 
 #include <cmath>
 
