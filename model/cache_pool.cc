@@ -1,37 +1,54 @@
 #include "model/cache_pool.h"
 
 #include <algorithm>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
 namespace nextserve {
 
-CachePool::CachePool(const ModelConfig& c, CacheLimits limits) : limits_(limits) {
-  int64_t attention_layers = 0;
+absl::Status CachePool::Validate(const CacheLimits& limits) {
+  if (limits.kv_dtype != DType::kF32 && limits.kv_dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache dtype ", std::string(DTypeName(limits.kv_dtype)),
+                                                   " is not supported (F32 or BF16)"));
+  }
+  if (limits.block_size < 1 || limits.max_blocks < 1 || limits.max_slots < 1) {
+    return absl::InvalidArgumentError("KV block size, block count and slot count must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+CachePool::CachePool(const ModelConfig& c, CacheLimits limits, kernels::Backend* backend)
+    : limits_(limits), backend_(backend) {
+  attention_layers_ = 0;
   linear_layers_ = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    (c.is_full_attention(l) ? attention_layers : linear_layers_) += 1;
+    (c.is_full_attention(l) ? attention_layers_ : linear_layers_) += 1;
   }
   kv_width_ = c.num_key_value_heads * c.head_dim;
-  conv_floats_ = (c.linear_conv_kernel_dim - 1) * c.linear_conv_dim();
-  recurrent_floats_ = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim;
-  block_floats_ = attention_layers * 2 * limits.block_size * kv_width_;
-  slot_floats_ = linear_layers_ * (conv_floats_ + recurrent_floats_);
+  const int64_t elem = static_cast<int64_t>(DTypeSize(limits.kv_dtype));
+  layer_kv_bytes_ = limits.max_blocks * limits.block_size * kv_width_ * elem;
+  block_bytes_ = attention_layers_ * 2 * limits.block_size * kv_width_ * elem;
+  slot_floats_ = (c.linear_conv_kernel_dim - 1) * c.linear_conv_dim() +
+                 c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim;
+  keys_ = backend_->Allocate(static_cast<size_t>(std::max<int64_t>(1, attention_layers_ * layer_kv_bytes_)));
+  values_ = backend_->Allocate(static_cast<size_t>(std::max<int64_t>(1, attention_layers_ * layer_kv_bytes_)));
+  states_ = backend_->Allocate(static_cast<size_t>(
+      std::max<int64_t>(1, linear_layers_ * limits.max_slots * slot_floats_) * sizeof(float)));
+  // Free lists popped from the back: ids are handed out lowest first.
+  for (int64_t i = limits.max_blocks - 1; i >= 0; --i) free_block_ids_.push_back(static_cast<int32_t>(i));
+  for (int64_t i = limits.max_slots - 1; i >= 0; --i) free_slot_ids_.push_back(static_cast<int32_t>(i));
 }
 
 absl::StatusOr<int32_t> CachePool::AllocateBlock() {
-  if (used_blocks_ >= limits_.max_blocks) {
+  if (free_block_ids_.empty()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("all ", limits_.max_blocks, " KV blocks are in use"));
   }
   ++used_blocks_;
-  if (!free_block_ids_.empty()) {
-    const int32_t id = free_block_ids_.back();
-    free_block_ids_.pop_back();
-    return id;
-  }
-  blocks_.push_back(std::make_unique<float[]>(std::max<int64_t>(block_floats_, 1)));
-  return static_cast<int32_t>(blocks_.size() - 1);
+  const int32_t id = free_block_ids_.back();
+  free_block_ids_.pop_back();
+  return id;
 }
 
 void CachePool::FreeBlock(int32_t block) {
@@ -40,19 +57,16 @@ void CachePool::FreeBlock(int32_t block) {
 }
 
 absl::StatusOr<int32_t> CachePool::AllocateSlot() {
-  if (used_slots_ >= limits_.max_slots) {
+  if (free_slot_ids_.empty()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("all ", limits_.max_slots, " state slots are in use"));
   }
   ++used_slots_;
-  int32_t id;
-  if (!free_slot_ids_.empty()) {
-    id = free_slot_ids_.back();
-    free_slot_ids_.pop_back();
-    std::fill_n(slots_[id].get(), slot_floats_, 0.0f);
-  } else {
-    slots_.push_back(std::make_unique<float[]>(std::max<int64_t>(slot_floats_, 1)));  // zeroed
-    id = static_cast<int32_t>(slots_.size() - 1);
+  const int32_t id = free_slot_ids_.back();
+  free_slot_ids_.pop_back();
+  // A new sequence starts from zero state in every DeltaNet layer.
+  for (int64_t l = 0; l < linear_layers_; ++l) {
+    backend_->Fill(state_layer(l).conv(id), 0.0f, slot_floats_);
   }
   return id;
 }
@@ -62,17 +76,14 @@ void CachePool::FreeSlot(int32_t slot) {
   --used_slots_;
 }
 
-float* CachePool::Keys(int64_t attention_index, int32_t block) {
-  return blocks_[block].get() + attention_index * 2 * limits_.block_size * kv_width_;
+kernels::KvLayer CachePool::kv_layer(int64_t attention_index) const {
+  return {static_cast<char*>(keys_->data()) + attention_index * layer_kv_bytes_,
+          static_cast<char*>(values_->data()) + attention_index * layer_kv_bytes_,
+          limits_.kv_dtype, limits_.block_size, kv_width_};
 }
-float* CachePool::Values(int64_t attention_index, int32_t block) {
-  return Keys(attention_index, block) + limits_.block_size * kv_width_;
-}
-float* CachePool::ConvWindow(int64_t linear_index, int32_t slot) {
-  return slots_[slot].get() + linear_index * (conv_floats_ + recurrent_floats_);
-}
-float* CachePool::Recurrent(int64_t linear_index, int32_t slot) {
-  return ConvWindow(linear_index, slot) + conv_floats_;
+
+kernels::StateLayer CachePool::state_layer(int64_t linear_index) const {
+  return {states_->f32() + linear_index * limits_.max_slots * slot_floats_, slot_floats_};
 }
 
 int64_t SequenceState::BlocksNeeded(int64_t more) const {

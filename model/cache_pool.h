@@ -1,7 +1,10 @@
-// Memory for sequences' caches: fixed-size KV blocks shared by all full-attention layers (paged,
-// with a free list) and state slots shared by all DeltaNet layers (conv window + fp32 recurrent
-// state). Storage for a block or slot is made on first use and reused after it is freed, up to the
-// limits.
+// Memory for sequences' caches, as two arenas the backend owns, handed out as indices:
+//   KV    [attention layers][blocks][block size][kv heads x head dim], keys and values apart, in
+//         the KV dtype (fp32, or bf16 to halve it);
+//   state [linear layers][slots][conv window | recurrent state], fp32.
+// A block is shared by all full-attention layers (the same index in each), a slot by all DeltaNet
+// layers. Both arenas are sized for the limits at construction; on the CPU their pages are
+// committed only when first written, so unused capacity costs address space, not memory.
 #pragma once
 
 #include <cstdint>
@@ -9,19 +12,24 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/dtype.h"
+#include "kernels/backend.h"
 #include "model/config.h"
 
 namespace nextserve {
 
 struct CacheLimits {
   int64_t block_size = 64;  // tokens per KV block
-  int64_t max_blocks = 1 << 20;
-  int64_t max_slots = 1 << 16;
+  int64_t max_blocks = 4096;
+  int64_t max_slots = 256;
+  DType kv_dtype = DType::kF32;  // kF32 or kBF16 (the state stays fp32)
 };
 
 class CachePool {
  public:
-  CachePool(const ModelConfig& config, CacheLimits limits);
+  // InvalidArgument-style misuse (a KV dtype other than fp32/bf16) is caught by Validate first.
+  CachePool(const ModelConfig& config, CacheLimits limits, kernels::Backend* backend);
+  static absl::Status Validate(const CacheLimits& limits);
 
   int64_t block_size() const { return limits_.block_size; }
   const CacheLimits& limits() const { return limits_; }
@@ -34,20 +42,20 @@ class CachePool {
   int64_t free_slots() const { return limits_.max_slots - used_slots_; }
 
   // attention_index / linear_index count only layers of that kind (0 = the first such layer).
-  // Block rows: [block_size, kv_heads * head_dim].
-  float* Keys(int64_t attention_index, int32_t block);
-  float* Values(int64_t attention_index, int32_t block);
-  float* ConvWindow(int64_t linear_index, int32_t slot);  // [kernel - 1, conv_dim]
-  float* Recurrent(int64_t linear_index, int32_t slot);   // [value_heads, key_dim, value_dim]
+  kernels::KvLayer kv_layer(int64_t attention_index) const;
+  kernels::StateLayer state_layer(int64_t linear_index) const;
 
-  int64_t block_bytes() const { return block_floats_ * sizeof(float); }
-  int64_t slot_bytes() const { return slot_floats_ * sizeof(float); }
+  // Bytes one block (all attention layers, keys and values) and one slot (all DeltaNet layers).
+  int64_t block_bytes() const { return block_bytes_; }
+  int64_t slot_bytes() const { return slot_floats_ * static_cast<int64_t>(sizeof(float)); }
 
  private:
   CacheLimits limits_;
-  int64_t kv_width_, conv_floats_, recurrent_floats_, linear_layers_;
-  int64_t block_floats_, slot_floats_;
-  std::vector<std::unique_ptr<float[]>> blocks_, slots_;
+  kernels::Backend* backend_;
+  int64_t kv_width_, attention_layers_, linear_layers_;
+  int64_t layer_kv_bytes_;  // one attention layer's keys (or values) for every block
+  int64_t block_bytes_, slot_floats_;
+  std::unique_ptr<kernels::Buffer> keys_, values_, states_;
   std::vector<int32_t> free_block_ids_, free_slot_ids_;
   int64_t used_blocks_ = 0, used_slots_ = 0;
 };

@@ -1,5 +1,6 @@
-// Qwen3-Next forward (spec §2–§5): every token of every sequence goes through the GEMMs together;
-// attention and the DeltaNet recurrences run per sequence over that sequence's caches.
+// Qwen3-Next forward (spec §2–§5) over a whole step: every op runs once over all the step's tokens,
+// sequences told apart only by the metadata the model runner uploaded (cu_seqlens, block tables,
+// state slots), on a workspace that is laid out again each step in buffers that only ever grow.
 #include "model/qwen3_next.h"
 
 #include <algorithm>
@@ -18,6 +19,27 @@ kernels::Matrix M(const WeightRef& w) {
   return {w.dtype, w.data, w.rows, w.cols, w.block_scale};
 }
 
+int64_t RoundUp64(int64_t bytes) {
+  return (bytes + 63) / 64 * 64;
+}
+
+// Carves typed regions out of one buffer; with a null base it only measures.
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
+  template <typename T>
+  T* Take(int64_t count) {
+    T* p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
+    used_ += RoundUp64(count * static_cast<int64_t>(sizeof(T)));
+    return p;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  char* base_;
+  int64_t used_ = 0;
+};
+
 class ScopedTimer {
  public:
   explicit ScopedTimer(double* sink) : sink_(sink), start_(std::chrono::steady_clock::now()) {}
@@ -34,29 +56,158 @@ class ScopedTimer {
   std::chrono::steady_clock::time_point start_;
 };
 
+// Sizes of the model that the workspace layout needs.
+struct Dims {
+  int64_t hidden, heads_d, kv_width, qkvz, nv, conv_dim, value_dim, mlp_inter, experts, top_k,
+      ranks, vocab, moe_inter;
+  kernels::RecordFormat record;
+};
+
 }  // namespace
 
-// Scratch and bookkeeping of one Forward call.
-struct Qwen3NextModel::Step {
-  std::span<const SequenceInput> batch;
-  std::vector<int64_t> offset;  // first row of each sequence in the flattened token matrix
+// The step's buffers. The token side scales with the step's tokens, the receive side with the
+// dispatch records this rank receives (known only after the counts exchange of each MoE layer).
+// Both live in backend buffers that are replaced only by larger ones.
+struct Qwen3NextModel::Workspace {
+  struct Tokens {
+    float *x, *h, *mixed;
+    float *qg, *k, *v, *q, *gate, *attn;                                   // attention
+    float *qkvz, *ba, *mixed_qkv, *conv, *z, *b, *a, *beta, *g, *core;      // DeltaNet
+    float *mlp_scratch, *shared_gate;                                       // dense / shared MLP
+    float *router_logits, *top_weights;                                     // MoE, token side
+    int32_t *top_ids, *token_of;
+    void* send;
+    float *combined, *routed;
+    float *selected, *logits;  // final norm, lm_head
+  };
+  struct Received {
+    void* records;
+    int32_t* pair_of;
+    float *xs, *ys, *partial, *expert_scratch;
+  };
+  kernels::Backend* backend;
+  Dims dims;
+  std::unique_ptr<kernels::Buffer> token_buffer, recv_buffer;
+  Tokens t{};
+  Received r{};
+};
+
+struct Qwen3NextModel::StepContext {
+  const kernels::StepMeta* meta = nullptr;
   int64_t rows = 0;
   ForwardProfile* profile = nullptr;
   double* timer(double ForwardProfile::*field) { return profile ? &(profile->*field) : nullptr; }
 };
 
+namespace {
+
+template <typename W>
+void CarveTokens(Carver& c, const Dims& d, int64_t n, int64_t logit_rows, W& t) {
+  const int64_t sends = n * std::min(d.ranks, d.top_k);
+  t.x = c.Take<float>(n * d.hidden);
+  t.h = c.Take<float>(n * d.hidden);
+  t.mixed = c.Take<float>(n * d.hidden);
+  t.qg = c.Take<float>(n * 2 * d.heads_d);
+  t.k = c.Take<float>(n * d.kv_width);
+  t.v = c.Take<float>(n * d.kv_width);
+  t.q = c.Take<float>(n * d.heads_d);
+  t.gate = c.Take<float>(n * d.heads_d);
+  t.attn = c.Take<float>(n * d.heads_d);
+  t.qkvz = c.Take<float>(n * d.qkvz);
+  t.ba = c.Take<float>(n * 2 * d.nv);
+  t.mixed_qkv = c.Take<float>(n * d.conv_dim);
+  t.conv = c.Take<float>(n * d.conv_dim);
+  t.z = c.Take<float>(n * d.value_dim);
+  t.b = c.Take<float>(n * d.nv);
+  t.a = c.Take<float>(n * d.nv);
+  t.beta = c.Take<float>(n * d.nv);
+  t.g = c.Take<float>(n * d.nv);
+  t.core = c.Take<float>(n * d.value_dim);
+  t.mlp_scratch = c.Take<float>(2 * n * d.mlp_inter);
+  t.shared_gate = c.Take<float>(n);
+  t.router_logits = c.Take<float>(n * d.experts);
+  t.top_weights = c.Take<float>(n * d.top_k);
+  t.top_ids = c.Take<int32_t>(n * d.top_k);
+  t.token_of = c.Take<int32_t>(sends);
+  t.send = c.Take<char>(sends * d.record.bytes());
+  t.combined = c.Take<float>(sends * d.hidden);
+  t.routed = c.Take<float>(n * d.hidden);
+  t.selected = c.Take<float>(logit_rows * d.hidden);
+  t.logits = c.Take<float>(logit_rows * d.vocab);
+}
+
+template <typename W>
+void CarveReceived(Carver& c, const Dims& d, int64_t records, W& r) {
+  const int64_t pairs = records * d.top_k;
+  r.records = c.Take<char>(records * d.record.bytes());
+  r.pair_of = c.Take<int32_t>(pairs);
+  r.xs = c.Take<float>(pairs * d.hidden);
+  r.ys = c.Take<float>(pairs * d.hidden);
+  r.partial = c.Take<float>(records * d.hidden);
+  r.expert_scratch = c.Take<float>(2 * pairs * d.moe_inter);
+}
+
+// Lays the regions out in `buffer`, replacing it by a larger one first when they do not fit.
+template <typename Carve>
+void Layout(kernels::Backend* backend, std::unique_ptr<kernels::Buffer>& buffer, Carve carve) {
+  Carver measure(nullptr);
+  carve(measure);
+  const size_t need = static_cast<size_t>(std::max<int64_t>(measure.used(), 64));
+  if (buffer == nullptr || buffer->size() < need) buffer = backend->Allocate(need);
+  Carver real(buffer->data());
+  carve(real);
+}
+
+Dims ModelDims(const ModelConfig& c, const ModelWeights& w, int ranks, DType dispatch_dtype) {
+  Dims d{};
+  d.hidden = c.hidden_size;
+  d.heads_d = c.num_attention_heads * c.head_dim;
+  d.kv_width = c.num_key_value_heads * c.head_dim;
+  d.nv = c.linear_num_value_heads;
+  d.conv_dim = c.linear_conv_dim();
+  d.value_dim = c.linear_value_dim();
+  d.qkvz = 0;
+  d.mlp_inter = 0;
+  d.moe_inter = 0;
+  for (const LayerWeights& lw : w.layers) {
+    if (lw.type != LayerType::kFullAttention) d.qkvz = std::max(d.qkvz, lw.delta_net.in_proj_qkvz.rows);
+    if (lw.is_moe) {
+      d.mlp_inter = std::max(d.mlp_inter, lw.moe.shared_expert.gate_proj.rows);
+      for (const MlpWeights& e : lw.moe.experts) {
+        if (e.present()) d.moe_inter = std::max(d.moe_inter, e.gate_proj.rows);
+      }
+    } else {
+      d.mlp_inter = std::max(d.mlp_inter, lw.mlp.gate_proj.rows);
+    }
+  }
+  d.experts = c.num_experts;
+  d.top_k = c.num_experts_per_tok;
+  d.ranks = ranks;
+  d.vocab = c.vocab_size;
+  d.record = {c.hidden_size, c.num_experts_per_tok, dispatch_dtype};
+  return d;
+}
+
+}  // namespace
+
 Qwen3NextModel::Qwen3NextModel(std::shared_ptr<const ModelWeights> weights,
                                kernels::Backend* backend, CacheLimits cache_limits,
-                               comm::Communicator* comm, std::optional<ExpertPlacement> placement)
+                               comm::Communicator* comm, std::optional<ExpertPlacement> placement,
+                               ModelOptions options)
     : weights_(std::move(weights)),
       backend_(backend),
-      pool_(weights_->config(), cache_limits),
+      options_(options),
+      pool_(weights_->config(), cache_limits, backend),
+      runner_(backend, &pool_, weights_->config().vocab_size),
+      workspace_(std::make_unique<Workspace>()),
       own_comm_(comm == nullptr ? comm::MakeSingleProcessCommunicator() : nullptr),
       comm_(comm != nullptr ? comm : own_comm_.get()),
       placement_(placement
                      ? *placement
                      : ExpertPlacement::Contiguous(weights_->config().num_experts, comm_->size())),
       expert_tokens_(weights_->config().num_hidden_layers * weights_->config().num_experts, 0) {
+  const ModelConfig& c = config();
+  workspace_->backend = backend;
   // Every expert this rank is sent must be loaded here; with one rank, all of them.
   expert_parallel_ok_ = placement_.ranks() == comm_->size();
   for (int64_t e = 0; e < placement_.experts() && expert_parallel_ok_; ++e) {
@@ -64,9 +215,33 @@ Qwen3NextModel::Qwen3NextModel(std::shared_ptr<const ModelWeights> weights,
       expert_parallel_ok_ = false;
   }
   int64_t attention = 0, linear = 0;
-  for (int64_t l = 0; l < config().num_hidden_layers; ++l) {
-    kind_index_.push_back(config().is_full_attention(l) ? attention++ : linear++);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    kind_index_.push_back(c.is_full_attention(l) ? attention++ : linear++);
   }
+  // Expert tables, bound once: the owner of each expert (backend memory), the experts held here.
+  const int64_t experts = c.num_experts;
+  std::vector<int32_t> owner(static_cast<size_t>(experts), 0);
+  held_ = std::make_unique<bool[]>(static_cast<size_t>(std::max<int64_t>(experts, 1)));
+  for (int64_t e = 0; e < experts; ++e) {
+    owner[e] = e < placement_.experts() ? placement_.owner(e) : 0;
+    held_[e] = e < static_cast<int64_t>(weights_->owns_expert.size()) && weights_->owns_expert[e];
+  }
+  owner_ = backend_->Allocate(std::max<size_t>(owner.size() * sizeof(int32_t), 4));
+  backend_->CopyFromHost(owner.data(), owner_->data(), owner.size() * sizeof(int32_t));
+  experts_.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights_->layers[l];
+    if (!lw.is_moe) continue;
+    experts_[l].resize(static_cast<size_t>(experts));
+    for (int64_t e = 0; e < experts; ++e) {
+      if (!held_[e]) continue;
+      const MlpWeights& m = lw.moe.experts[e];
+      experts_[l][e] = {M(m.gate_proj), M(m.up_proj), M(m.down_proj)};
+    }
+  }
+  expert_offsets_.resize(static_cast<size_t>(experts + 1));
+  records_to_.resize(static_cast<size_t>(comm_->size()));
+  workspace_->dims = ModelDims(c, *weights_, comm_->size(), options_.dispatch_dtype);
 }
 
 Qwen3NextModel::~Qwen3NextModel() = default;
@@ -75,352 +250,214 @@ std::unique_ptr<SequenceState> Qwen3NextModel::NewSequence() {
   return std::make_unique<SequenceState>(&pool_);
 }
 
+void Qwen3NextModel::ReserveWorkspace(int64_t tokens) {
+  const Dims& d = workspace_->dims;
+  Workspace& ws = *workspace_;
+  Layout(backend_, ws.token_buffer, [&](Carver& c) { CarveTokens(c, d, tokens, tokens, ws.t); });
+  // Every rank may send this rank a record per token of its own step.
+  Layout(backend_, ws.recv_buffer,
+         [&](Carver& c) { CarveReceived(c, d, tokens * comm_->size(), ws.r); });
+}
+
 absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const SequenceInput> batch,
                                                            ForwardProfile* profile) {
-  const ModelConfig& c = config();
   if (!expert_parallel_ok_) {
     return absl::FailedPreconditionError(
         "this model holds only a slice of the routed experts but has no communicator to reach the "
         "other ranks' experts");
   }
-  Step step;
-  step.batch = batch;
+  ScopedTimer total(profile ? &profile->total : nullptr);
+  StepContext step;
   step.profile = profile;
-  std::vector<int32_t> ids;
-  int64_t logit_rows = 0;
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const SequenceInput& in = batch[s];
-    if (in.state == nullptr || in.state->pool() != &pool_) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no state from this model"));
-    }
-    if (in.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no tokens to process"));
-    }
-    for (size_t i = 0; i < in.tokens.size(); ++i) {
-      if (in.tokens[i] < 0 || in.tokens[i] >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", in.tokens[i],
-                                                       " at position ", i, " is outside [0, ",
-                                                       c.vocab_size, ")"));
-      }
-    }
-    step.offset.push_back(static_cast<int64_t>(ids.size()));
-    ids.insert(ids.end(), in.tokens.begin(), in.tokens.end());
-    logit_rows += in.no_logits ? 0 : in.all_logits ? static_cast<int64_t>(in.tokens.size()) : 1;
-  }
-  for (size_t s = 0; s < batch.size(); ++s) {
-    if (auto st = batch[s].state->Reserve(static_cast<int64_t>(batch[s].tokens.size())); !st.ok()) {
-      return absl::ResourceExhaustedError(absl::StrCat("sequence ", s, ": ", st.message()));
-    }
-  }
-  step.rows = static_cast<int64_t>(ids.size());
-  const int64_t n = step.rows, hidden = c.hidden_size;
-
-  std::vector<float> x(n * hidden), h(n * hidden), mixed(n * hidden);
-  backend_->Embedding(ids.data(), n, M(weights_->embed_tokens), x.data());
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& lw = weights_->layers[l];
-    backend_->RmsNorm(x.data(), n, hidden, lw.input_layernorm.f32(), c.rms_norm_eps, true,
-                      h.data());
-    if (lw.type == LayerType::kFullAttention) {
-      ScopedTimer t(step.timer(&ForwardProfile::attention));
-      AttentionLayer(l, step, h.data(), mixed.data());
-    } else {
-      ScopedTimer t(step.timer(&ForwardProfile::delta_net));
-      DeltaNetLayer(l, step, h.data(), mixed.data());
-    }
-    backend_->Add(mixed.data(), n * hidden, x.data());
-    backend_->RmsNorm(x.data(), n, hidden, lw.post_attention_layernorm.f32(), c.rms_norm_eps, true,
-                      h.data());
-    {
-      ScopedTimer t(step.timer(&ForwardProfile::moe));
-      if (lw.is_moe) {
-        if (auto st = MoeLayer(l, step, h.data(), mixed.data()); !st.ok()) return st;
-      } else {
-        DenseMlp(lw.mlp, h.data(), n, mixed.data());
-      }
-    }
-    backend_->Add(mixed.data(), n * hidden, x.data());
-  }
-  for (size_t s = 0; s < batch.size(); ++s) {
-    batch[s].state->Advance(static_cast<int64_t>(batch[s].tokens.size()));
-  }
-
-  // Final norm and lm_head only on the rows that produce logits.
-  ScopedTimer t(step.timer(&ForwardProfile::lm_head));
-  std::vector<int32_t> rows;
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const int64_t len = static_cast<int64_t>(batch[s].tokens.size());
-    if (batch[s].no_logits) continue;
-    for (int64_t i = batch[s].all_logits ? 0 : len - 1; i < len; ++i) {
-      rows.push_back(static_cast<int32_t>(step.offset[s] + i));
-    }
-  }
-  std::vector<float> selected(logit_rows * hidden);
-  backend_->GatherRows(x.data(), rows.data(), logit_rows, hidden, selected.data());
-  backend_->RmsNorm(selected.data(), logit_rows, hidden, weights_->final_norm.f32(), c.rms_norm_eps,
-                    true, selected.data());
-  std::vector<float> logits(logit_rows * c.vocab_size);
-  backend_->Linear(selected.data(), logit_rows, M(weights_->lm_head), logits.data());
+  ScopedTimer prepare(step.timer(&ForwardProfile::prepare));
+  auto meta = runner_.Prepare(batch);
+  if (!meta.ok()) return meta.status();
+  prepare.Stop();
+  step.meta = &*meta;
+  step.rows = meta->num_tokens;
+  if (auto s = Execute(*meta, step); !s.ok()) return s;
+  ModelRunner::Advance(batch);
+  std::vector<float> logits(static_cast<size_t>(meta->num_logit_rows) * config().vocab_size);
+  backend_->CopyToHost(workspace_->t.logits, logits.data(), logits.size() * sizeof(float));
+  if (auto s = backend_->Synchronize(); !s.ok()) return s;
   return logits;
 }
 
-void Qwen3NextModel::AttentionLayer(int64_t layer, Step& step, const float* h, float* out) {
+absl::Status Qwen3NextModel::Execute(const kernels::StepMeta& meta, StepContext& step) {
   const ModelConfig& c = config();
-  const AttentionWeights& w = weights_->layers[layer].attention;
-  const int64_t n = step.rows, d = c.head_dim, heads = c.num_attention_heads,
-                kv_width = c.num_key_value_heads * d;
-  const kernels::AttentionShape shape{heads, c.num_key_value_heads, d, c.rotary_dim(),
-                                      static_cast<float>(c.rope_theta)};
-  std::vector<float> qg(n * 2 * heads * d), k(n * kv_width), v(n * kv_width), q(n * heads * d),
-      gate(n * heads * d), attn(n * heads * d);
-  backend_->Linear(h, n, M(w.q_proj), qg.data());
-  backend_->Linear(h, n, M(w.k_proj), k.data());
-  backend_->Linear(h, n, M(w.v_proj), v.data());
-  const int64_t bs = pool_.block_size(), index = kind_index_[layer];
-  std::vector<const float*> k_blocks, v_blocks;
-  for (size_t s = 0; s < step.batch.size(); ++s) {
-    SequenceState& st = *step.batch[s].state;
-    const int64_t t = static_cast<int64_t>(step.batch[s].tokens.size()), row = step.offset[s],
-                  past = st.num_tokens();
-    backend_->AttentionPrep(qg.data() + row * 2 * heads * d, k.data() + row * kv_width, t, past,
-                            shape, w.q_norm.f32(), w.k_norm.f32(), c.rms_norm_eps,
-                            q.data() + row * heads * d, gate.data() + row * heads * d);
-    // Append the new keys and values to the sequence's blocks (reserved by Forward).
-    for (int64_t i = 0; i < t; ++i) {
-      const int64_t pos = past + i;
-      const int32_t block = st.blocks()[pos / bs];
-      std::copy_n(k.data() + (row + i) * kv_width, kv_width,
-                  pool_.Keys(index, block) + (pos % bs) * kv_width);
-      std::copy_n(v.data() + (row + i) * kv_width, kv_width,
-                  pool_.Values(index, block) + (pos % bs) * kv_width);
+  const Dims& d = workspace_->dims;
+  Workspace& ws = *workspace_;
+  const int64_t n = step.rows, hidden = c.hidden_size, logit_rows = meta.num_logit_rows;
+  Layout(backend_, ws.token_buffer, [&](Carver& cv) { CarveTokens(cv, d, n, logit_rows, ws.t); });
+  Workspace::Tokens& t = ws.t;
+
+  backend_->Embedding(meta.token_ids, n, M(weights_->embed_tokens), t.x);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights_->layers[l];
+    backend_->RmsNorm(t.x, n, hidden, lw.input_layernorm.f32(), c.rms_norm_eps, true, t.h);
+    if (lw.type == LayerType::kFullAttention) {
+      ScopedTimer timer(step.timer(&ForwardProfile::attention));
+      AttentionLayer(l, step, t.h, t.mixed);
+    } else {
+      ScopedTimer timer(step.timer(&ForwardProfile::delta_net));
+      DeltaNetLayer(l, step, t.h, t.mixed);
     }
-    k_blocks.clear();
-    v_blocks.clear();
-    for (int32_t block : st.blocks()) {
-      k_blocks.push_back(pool_.Keys(index, block));
-      v_blocks.push_back(pool_.Values(index, block));
+    backend_->Add(t.mixed, n * hidden, t.x);
+    backend_->RmsNorm(t.x, n, hidden, lw.post_attention_layernorm.f32(), c.rms_norm_eps, true,
+                      t.h);
+    {
+      ScopedTimer timer(step.timer(&ForwardProfile::moe));
+      if (lw.is_moe) {
+        if (auto s = MoeLayer(l, step, t.h, t.mixed); !s.ok()) return s;
+      } else {
+        DenseMlp(lw.mlp, t.h, n, t.mixed, t.mlp_scratch);
+      }
     }
-    backend_->Attention(q.data() + row * heads * d,
-                        kernels::PagedKv{k_blocks.data(), v_blocks.data(), bs}, t, past, shape,
-                        gate.data() + row * heads * d, attn.data() + row * heads * d);
+    backend_->Add(t.mixed, n * hidden, t.x);
   }
-  backend_->Linear(attn.data(), n, M(w.o_proj), out);
+
+  // Final norm and lm_head only on the rows that produce logits.
+  ScopedTimer timer(step.timer(&ForwardProfile::lm_head));
+  backend_->GatherRows(t.x, meta.logit_rows, logit_rows, hidden, t.selected);
+  backend_->RmsNorm(t.selected, logit_rows, hidden, weights_->final_norm.f32(), c.rms_norm_eps,
+                    true, t.selected);
+  backend_->Linear(t.selected, logit_rows, M(weights_->lm_head), t.logits);
+  return absl::OkStatus();
 }
 
-void Qwen3NextModel::DeltaNetLayer(int64_t layer, Step& step, const float* h, float* out) {
+void Qwen3NextModel::AttentionLayer(int64_t layer, StepContext& step, const float* h, float* out) {
+  const ModelConfig& c = config();
+  const AttentionWeights& w = weights_->layers[layer].attention;
+  Workspace::Tokens& t = workspace_->t;
+  const int64_t n = step.rows;
+  const kernels::AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                                      c.rotary_dim(), static_cast<float>(c.rope_theta)};
+  backend_->Linear(h, n, M(w.q_proj), t.qg);
+  backend_->Linear(h, n, M(w.k_proj), t.k);
+  backend_->Linear(h, n, M(w.v_proj), t.v);
+  backend_->AttentionPrep(t.qg, t.k, *step.meta, shape, w.q_norm.f32(), w.k_norm.f32(),
+                          c.rms_norm_eps, t.q, t.gate);
+  const kernels::KvLayer cache = pool_.kv_layer(kind_index_[layer]);
+  backend_->AppendKv(t.k, t.v, *step.meta, cache);
+  backend_->PagedAttention(t.q, *step.meta, cache, shape, t.gate, t.attn);
+  backend_->Linear(t.attn, n, M(w.o_proj), out);
+}
+
+void Qwen3NextModel::DeltaNetLayer(int64_t layer, StepContext& step, const float* h, float* out) {
   const ModelConfig& c = config();
   const DeltaNetWeights& w = weights_->layers[layer].delta_net;
+  Workspace::Tokens& t = workspace_->t;
   const kernels::DeltaNetShape shape{c.linear_num_key_heads, c.linear_num_value_heads,
                                      c.linear_key_head_dim, c.linear_value_head_dim,
                                      c.linear_conv_kernel_dim};
-  const int64_t n = step.rows, nv = shape.num_value_heads, cd = shape.conv_dim(),
-                vd = shape.value_dim();
-  std::vector<float> qkvz(n * w.in_proj_qkvz.rows), ba(n * 2 * nv), mixed(n * cd), conv(n * cd),
-      z(n * vd), b(n * nv), a(n * nv), beta(n * nv), g(n * nv), core(n * vd);
-  backend_->Linear(h, n, M(w.in_proj_qkvz), qkvz.data());
-  backend_->Linear(h, n, M(w.in_proj_ba), ba.data());
-  backend_->DeltaNetSplit(qkvz.data(), ba.data(), n, shape, mixed.data(), z.data(), b.data(),
-                          a.data());
-  backend_->DeltaNetGates(b.data(), a.data(), n, nv, w.A_log.f32(), w.dt_bias.f32(), beta.data(),
-                          g.data());
-  for (size_t s = 0; s < step.batch.size(); ++s) {
-    SequenceState& st = *step.batch[s].state;
-    const int64_t t = static_cast<int64_t>(step.batch[s].tokens.size()), row = step.offset[s];
-    backend_->CausalConvSilu(mixed.data() + row * cd, t, cd, shape.conv_kernel, w.conv1d.f32(),
-                             pool_.ConvWindow(kind_index_[layer], st.slot()),
-                             conv.data() + row * cd);
-    // Prompts (and prompt chunks) use the chunked form; single decode tokens the recurrence.
-    backend_->DeltaRule(conv.data() + row * cd, g.data() + row * nv, beta.data() + row * nv, t,
-                        shape, pool_.Recurrent(kind_index_[layer], st.slot()),
-                        core.data() + row * vd,
-                        /*chunked=*/t > 1);
-  }
-  backend_->RmsNormGated(core.data(), z.data(), n * nv, shape.value_head_dim, w.norm.f32(),
-                         c.rms_norm_eps, core.data());
-  backend_->Linear(core.data(), n, M(w.out_proj), out);
+  const int64_t n = step.rows, nv = shape.num_value_heads;
+  backend_->Linear(h, n, M(w.in_proj_qkvz), t.qkvz);
+  backend_->Linear(h, n, M(w.in_proj_ba), t.ba);
+  backend_->DeltaNetSplit(t.qkvz, t.ba, n, shape, t.mixed_qkv, t.z, t.b, t.a);
+  backend_->DeltaNetGates(t.b, t.a, n, nv, w.A_log.f32(), w.dt_bias.f32(), t.beta, t.g);
+  const kernels::StateLayer state = pool_.state_layer(kind_index_[layer]);
+  backend_->CausalConvSilu(t.mixed_qkv, *step.meta, shape, w.conv1d.f32(), state, t.conv);
+  backend_->DeltaRule(t.conv, t.g, t.beta, *step.meta, shape, state, t.core);
+  backend_->RmsNormGated(t.core, t.z, n * nv, shape.value_head_dim, w.norm.f32(), c.rms_norm_eps,
+                         t.core);
+  backend_->Linear(t.core, n, M(w.out_proj), out);
 }
 
-void Qwen3NextModel::DenseMlp(const MlpWeights& w, const float* h, int64_t n, float* out) {
+void Qwen3NextModel::DenseMlp(const MlpWeights& w, const float* h, int64_t n, float* out,
+                              float* scratch) {
   const int64_t inter = w.gate_proj.rows;
-  std::vector<float> gate(n * inter), up(n * inter);
-  backend_->Linear(h, n, M(w.gate_proj), gate.data());
-  backend_->Linear(h, n, M(w.up_proj), up.data());
-  backend_->SiluMul(gate.data(), up.data(), n * inter, gate.data());
-  backend_->Linear(gate.data(), n, M(w.down_proj), out);
+  float* gate = scratch;
+  float* up = scratch + n * inter;
+  backend_->Linear(h, n, M(w.gate_proj), gate);
+  backend_->Linear(h, n, M(w.up_proj), up);
+  backend_->SiluMul(gate, up, n * inter, gate);
+  backend_->Linear(gate, n, M(w.down_proj), out);
 }
 
 // Routing (fp32 softmax over all experts, top-k with ties to the lower id as torch.topk, then
 // renormalised when norm_topk_prob), then the expert-parallel exchange (architecture.md §2):
 //  dispatch: one record per (token, destination rank) = hidden row + that rank's (expert, weight)
 //            slots, grouped by rank; counts exchanged, then the payload (all-to-all-v);
-//  experts:  each rank runs its experts over the records it received, summing each record's
-//            experts in ascending id (the order transformers' index_add_ uses);
+//  experts:  each rank groups the received (record, expert) pairs by expert, runs each expert's
+//            MLP over its rows, and sums each record's experts in ascending id (the order
+//            transformers' index_add_ uses);
 //  combine:  the partial sums go back in the same order; the owner adds them in rank order.
 // With one rank the exchange is a local copy and the sums equal the single-process order exactly.
-absl::Status Qwen3NextModel::MoeLayer(int64_t layer, Step& step, const float* h, float* out) {
+// Only counts (records per rank, pairs per expert) reach the host.
+absl::Status Qwen3NextModel::MoeLayer(int64_t layer, StepContext& step, const float* h,
+                                      float* out) {
   const ModelConfig& c = config();
   const MoeWeights& w = weights_->layers[layer].moe;
-  const int64_t n = step.rows, hidden = c.hidden_size, experts = c.num_experts,
-                top_k = c.num_experts_per_tok;
+  const Dims& d = workspace_->dims;
+  Workspace& ws = *workspace_;
+  Workspace::Tokens& t = ws.t;
+  const int64_t n = step.rows, hidden = c.hidden_size, experts = c.num_experts;
   const int ranks = comm_->size();
-  std::vector<float> router_logits(n * experts);
-  backend_->Linear(h, n, M(w.router), router_logits.data());
+  const kernels::RecordFormat& f = d.record;
+  const int64_t rb = f.bytes();
+  backend_->Linear(h, n, M(w.router), t.router_logits);
+  backend_->RouterTopK(t.router_logits, n, experts, c.num_experts_per_tok, c.norm_topk_prob,
+                       t.top_ids, t.top_weights);
+  kernels::DispatchCounts counts{records_to_};
+  backend_->MoeDispatch(h, n, t.top_ids, t.top_weights, static_cast<const int32_t*>(owner_->data()),
+                        ranks, f, t.send, t.token_of, counts);
 
-  std::vector<int32_t> top_ids(n * top_k);
-  std::vector<float> top_weights(n * top_k);
-  std::vector<int32_t> order(experts);
-  std::vector<float> prob(experts);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* lg = router_logits.data() + i * experts;
-    const float mx = *std::max_element(lg, lg + experts);
-    float sum = 0;
-    for (int64_t e = 0; e < experts; ++e) sum += prob[e] = std::exp(lg[e] - mx);
-    for (int64_t e = 0; e < experts; ++e) prob[e] /= sum;
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t a, int32_t b) {
-      return prob[a] > prob[b] || (prob[a] == prob[b] && a < b);
-    });
-    float top_sum = 0;
-    for (int64_t j = 0; j < top_k; ++j) top_sum += prob[order[j]];
-    // Slots sorted by expert id: the summation order of the reference.
-    std::sort(order.begin(), order.begin() + top_k);
-    for (int64_t j = 0; j < top_k; ++j) {
-      const int32_t e = order[j];
-      top_ids[i * top_k + j] = e;
-      top_weights[i * top_k + j] = c.norm_topk_prob ? prob[e] / top_sum : prob[e];
-    }
-  }
-
-  // Dispatch records: [hidden floats | top_k int32 expert ids (-1 = empty) | top_k float weights].
-  const int64_t record_floats = hidden + 2 * top_k, record_bytes = record_floats * sizeof(float);
-  std::vector<std::vector<int32_t>> tokens_to(ranks);  // per destination rank, in token order
-  std::vector<char> goes_to(ranks);
-  for (int64_t i = 0; i < n; ++i) {
-    std::fill(goes_to.begin(), goes_to.end(), 0);
-    for (int64_t j = 0; j < top_k; ++j) goes_to[placement_.owner(top_ids[i * top_k + j])] = 1;
-    for (int r = 0; r < ranks; ++r) {
-      if (goes_to[r]) tokens_to[r].push_back(static_cast<int32_t>(i));
-    }
-  }
-  std::vector<int64_t> send_counts(ranks), recv_counts(ranks);
-  int64_t send_records = 0;
-  for (int r = 0; r < ranks; ++r) {
-    send_counts[r] = static_cast<int64_t>(tokens_to[r].size()) * record_bytes;
-    send_records += static_cast<int64_t>(tokens_to[r].size());
-  }
-  std::vector<float> send(send_records * record_floats);
-  {
-    float* rec = send.data();
-    for (int r = 0; r < ranks; ++r) {
-      for (int32_t i : tokens_to[r]) {
-        std::copy_n(h + i * hidden, hidden, rec);
-        int32_t* ids = reinterpret_cast<int32_t*>(rec + hidden);
-        float* wts = rec + hidden + top_k;
-        int64_t slot = 0;
-        for (int64_t j = 0; j < top_k; ++j) {
-          const int32_t e = top_ids[i * top_k + j];
-          if (placement_.owner(e) != r) continue;
-          ids[slot] = e;
-          wts[slot++] = top_weights[i * top_k + j];
-        }
-        for (; slot < top_k; ++slot) ids[slot] = -1, wts[slot] = 0.0f;
-        rec += record_floats;
-      }
-    }
-  }
   ScopedTimer exchange_timer(step.timer(&ForwardProfile::communication));
+  std::vector<int64_t>& send_counts = send_counts_;
+  std::vector<int64_t>& recv_counts = recv_counts_;
+  send_counts.resize(ranks);
+  recv_counts.resize(ranks);
+  for (int r = 0; r < ranks; ++r) send_counts[r] = records_to_[r] * rb;
   if (auto s = comm_->ExchangeCounts(send_counts, recv_counts); !s.ok()) return s;
-  int64_t recv_records = 0;
+  int64_t received = 0;
   for (int r = 0; r < ranks; ++r) {
-    if (recv_counts[r] % record_bytes != 0) {
+    if (recv_counts[r] % rb != 0) {
       return absl::DataLossError(absl::StrCat("layer ", layer, ": rank ", r, " sent ",
                                               recv_counts[r], " bytes, not a whole number of ",
-                                              record_bytes, "-byte records"));
+                                              rb, "-byte records"));
     }
-    recv_records += recv_counts[r] / record_bytes;
+    received += recv_counts[r] / rb;
   }
-  std::vector<float> recv(recv_records * record_floats);
-  if (auto s = comm_->AllToAllV(send.data(), send_counts, recv.data(), recv_counts); !s.ok())
-    return s;
+  Layout(backend_, ws.recv_buffer, [&](Carver& cv) { CarveReceived(cv, d, received, ws.r); });
+  Workspace::Received& rv = ws.r;
+  if (auto s = comm_->AllToAllV(t.send, send_counts, rv.records, recv_counts); !s.ok()) return s;
   if (step.profile)
     for (int64_t b : send_counts) step.profile->all_to_all_bytes += b;
   exchange_timer.Stop();
 
-  // Local experts over the received records, in ascending expert id.
-  std::vector<std::vector<int32_t>> rows_of(experts);
-  std::vector<std::vector<float>> weights_of(experts);
-  for (int64_t i = 0; i < recv_records; ++i) {
-    const float* rec = recv.data() + i * record_floats;
-    const int32_t* ids = reinterpret_cast<const int32_t*>(rec + hidden);
-    for (int64_t j = 0; j < top_k; ++j) {
-      const int32_t e = ids[j];
-      if (e < 0) continue;
-      if (e >= experts || !weights_->owns_expert[e]) {
-        return absl::DataLossError(absl::StrCat("layer ", layer, ": received a token for expert ",
-                                                e, ", which this rank does not hold"));
-      }
-      rows_of[e].push_back(static_cast<int32_t>(i));
-      weights_of[e].push_back(rec[hidden + top_k + j]);
-    }
+  // Local experts over the received records, grouped by expert.
+  if (auto s = backend_->MoeGroupByExpert(rv.records, received, f, experts, held_.get(), rv.xs,
+                                          rv.pair_of, expert_offsets_.data());
+      !s.ok()) {
+    return absl::DataLossError(absl::StrCat("layer ", layer, ": ", s.message()));
   }
-  std::vector<float> xs_in(recv_records * hidden);
-  for (int64_t i = 0; i < recv_records; ++i) {
-    std::copy_n(recv.data() + i * record_floats, hidden, xs_in.data() + i * hidden);
-  }
-  // The experts run side by side, one thread each (few rows per expert: parallelising inside each
-  // small product costs more in synchronisation than it gains); their outputs are then added in
-  // ascending expert id so the sums do not depend on the thread count.
-  std::vector<int64_t> active;
+  backend_->GroupedExpertMlp(rv.xs, expert_offsets_.data(), experts, experts_[layer].data(),
+                             rv.expert_scratch, rv.ys);
   for (int64_t e = 0; e < experts; ++e) {
-    if (!rows_of[e].empty()) active.push_back(e);
+    expert_tokens_[layer * experts + e] += expert_offsets_[e + 1] - expert_offsets_[e];
   }
-  std::vector<std::vector<float>> ys(active.size());
-#pragma omp parallel for schedule(dynamic, 1) if (active.size() > 1)
-  for (size_t a = 0; a < active.size(); ++a) {
-    const int64_t e = active[a];
-    const int64_t m = static_cast<int64_t>(rows_of[e].size());
-    std::vector<float> xs(m * hidden);
-    ys[a].resize(m * hidden);
-    backend_->GatherRows(xs_in.data(), rows_of[e].data(), m, hidden, xs.data());
-    DenseMlp(w.experts[e], xs.data(), m, ys[a].data());
-  }
-  std::vector<float> partial(recv_records * hidden, 0.0f);
-  for (size_t a = 0; a < active.size(); ++a) {
-    const int64_t e = active[a], m = static_cast<int64_t>(rows_of[e].size());
-    backend_->ScatterAddRows(ys[a].data(), rows_of[e].data(), weights_of[e].data(), m, hidden,
-                             partial.data());
-    expert_tokens_[layer * experts + e] += m;
-  }
+  backend_->MoeWeightedSum(rv.ys, rv.records, received, f, rv.pair_of, rv.partial);
 
   // Combine: partial sums back to the token owners, in the order they were sent.
-  std::vector<int64_t> back_send(ranks), back_recv(ranks);
+  back_send_.resize(ranks);
+  back_recv_.resize(ranks);
+  const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(float));
   for (int r = 0; r < ranks; ++r) {
-    back_send[r] = recv_counts[r] / record_bytes * hidden * static_cast<int64_t>(sizeof(float));
-    back_recv[r] =
-        static_cast<int64_t>(tokens_to[r].size()) * hidden * static_cast<int64_t>(sizeof(float));
+    back_send_[r] = recv_counts[r] / rb * row_bytes;
+    back_recv_[r] = records_to_[r] * row_bytes;
   }
-  std::vector<float> combined(send_records * hidden);
   ScopedTimer combine_timer(step.timer(&ForwardProfile::communication));
-  if (auto s = comm_->AllToAllV(partial.data(), back_send, combined.data(), back_recv); !s.ok())
-    return s;
+  if (auto s = comm_->AllToAllV(rv.partial, back_send_, t.combined, back_recv_); !s.ok()) return s;
   if (step.profile)
-    for (int64_t b : back_send) step.profile->all_to_all_bytes += b;
+    for (int64_t b : back_send_) step.profile->all_to_all_bytes += b;
   combine_timer.Stop();
 
   // Shared expert, then the routed partial sums in rank order.
-  DenseMlp(w.shared_expert, h, n, out);
-  std::vector<float> shared_gate(n);
-  backend_->Linear(h, n, M(w.shared_expert_gate), shared_gate.data());
-  backend_->ScaleRowsBySigmoid(shared_gate.data(), n, hidden, out);
-  std::vector<float> routed(n * hidden, 0.0f);
-  const float* part = combined.data();
-  for (int r = 0; r < ranks; ++r) {
-    const int64_t m = static_cast<int64_t>(tokens_to[r].size());
-    const std::vector<float> ones(m, 1.0f);
-    backend_->ScatterAddRows(part, tokens_to[r].data(), ones.data(), m, hidden, routed.data());
-    part += m * hidden;
-  }
-  backend_->Add(routed.data(), n * hidden, out);
+  DenseMlp(w.shared_expert, h, n, out, t.mlp_scratch);
+  backend_->Linear(h, n, M(w.shared_expert_gate), t.shared_gate);
+  backend_->ScaleRowsBySigmoid(t.shared_gate, n, hidden, out);
+  backend_->MoeCombine(t.combined, t.token_of, counts.total, n, hidden, t.routed);
+  backend_->Add(t.routed, n * hidden, out);
   return absl::OkStatus();
 }
 

@@ -1,5 +1,8 @@
 // The CPU backend: host memory, OpenMP threads, oneDNN GEMMs. The reference for every other
 // backend.
+#include <sys/mman.h>
+
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -11,29 +14,52 @@
 namespace nextserve::kernels {
 namespace {
 
+// Large buffers (cache arenas sized for the most blocks and slots the rank may use) are anonymous
+// mappings: zero pages, committed only when touched, so an arena costs what is in use.
+constexpr size_t kMappedBytes = size_t{1} << 20;
+
 class HostBuffer final : public Buffer {
  public:
   explicit HostBuffer(size_t bytes) : size_(bytes) {
+    if (bytes >= kMappedBytes) {
+      mapped_ = (bytes + 4095) / 4096 * 4096;
+      void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      data_ = p;
+      return;
+    }
     // 64-byte alignment for vector loads; never zero-sized so data() is valid.
     data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
     if (data_ == nullptr) throw std::bad_alloc();
   }
-  ~HostBuffer() override { std::free(data_); }
+  ~HostBuffer() override {
+    if (mapped_ > 0) {
+      munmap(data_, mapped_);
+    } else {
+      std::free(data_);
+    }
+  }
   void* data() override { return data_; }
   size_t size() const override { return size_; }
 
  private:
   void* data_;
   size_t size_;
+  size_t mapped_ = 0;
 };
 
 class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
+  MemorySpace memory_space() const override { return MemorySpace::kHost; }
 
   std::unique_ptr<Buffer> Allocate(size_t bytes) override {
+    allocations_.fetch_add(1, std::memory_order_relaxed);
     return std::make_unique<HostBuffer>(bytes);
   }
+  int64_t allocations() const override { return allocations_.load(std::memory_order_relaxed); }
+  absl::Status Synchronize() override { return absl::OkStatus(); }  // every op ran at once
   void CopyToHost(const void* src, void* dst, size_t bytes) override {
     std::memcpy(dst, src, bytes);
   }
@@ -84,31 +110,35 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos,
-                     const AttentionShape& s, const float* q_norm, const float* k_norm, float eps,
-                     float* q, float* gate) override {
-    cpu::AttentionPrep(qg, k, t, first_pos, s, q_norm, k_norm, eps, q, gate);
+  void AttentionPrep(const float* qg, float* k, const StepMeta& step, const AttentionShape& s,
+                     const float* q_norm, const float* k_norm, float eps, float* q,
+                     float* gate) override {
+    cpu::AttentionPrep(qg, k, step, s, q_norm, k_norm, eps, q, gate);
   }
-  void Attention(const float* q, const PagedKv& kv, int64_t t, int64_t past,
-                 const AttentionShape& s, const float* gate, float* out) override {
-    cpu::Attention(q, kv, t, past, s, gate, out);
+  void AppendKv(const float* k, const float* v, const StepMeta& step,
+                const KvLayer& cache) override {
+    cpu::AppendKv(k, v, step, cache);
+  }
+  void PagedAttention(const float* q, const StepMeta& step, const KvLayer& cache,
+                      const AttentionShape& s, const float* gate, float* out) override {
+    cpu::PagedAttention(q, step, cache, s, gate, out);
   }
 
   void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNetShape& s,
                      float* mixed_qkv, float* z, float* b, float* a) override {
     cpu::DeltaNetSplit(qkvz, ba, t, s, mixed_qkv, z, b, a);
   }
-  void CausalConvSilu(const float* x, int64_t t, int64_t channels, int64_t kernel, const float* w,
-                      float* conv_state, float* y) override {
-    cpu::CausalConvSilu(x, t, channels, kernel, w, conv_state, y);
+  void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s,
+                      const float* w, const StateLayer& state, float* y) override {
+    cpu::CausalConvSilu(x, step, s, w, state, y);
   }
   void DeltaNetGates(const float* b, const float* a, int64_t t, int64_t nv, const float* a_log,
                      const float* dt_bias, float* beta, float* g) override {
     cpu::DeltaNetGates(b, a, t, nv, a_log, dt_bias, beta, g);
   }
-  void DeltaRule(const float* conv_out, const float* g, const float* beta, int64_t t,
-                 const DeltaNetShape& s, float* state, float* out, bool chunked) override {
-    cpu::DeltaRule(conv_out, g, beta, t, s, state, out, chunked);
+  void DeltaRule(const float* conv_out, const float* g, const float* beta, const StepMeta& step,
+                 const DeltaNetShape& s, const StateLayer& state, float* out) override {
+    cpu::DeltaRule(conv_out, g, beta, step, s, state, out);
   }
   void RmsNormGated(const float* x, const float* z, int64_t rows, int64_t dim, const float* w,
                     float eps, float* y) override {
@@ -130,14 +160,41 @@ class CpuBackend final : public Backend {
       std::memcpy(dst + i * dim, src + static_cast<int64_t>(rows[i]) * dim, dim * sizeof(float));
     }
   }
-  void ScatterAddRows(const float* src, const int32_t* rows, const float* scale, int64_t n,
-                      int64_t dim, float* dst) override {
-    for (int64_t i = 0; i < n; ++i) {
-      float* d = dst + static_cast<int64_t>(rows[i]) * dim;
-      const float* s = src + i * dim;
-      for (int64_t e = 0; e < dim; ++e) d[e] += scale[i] * s[e];
-    }
+
+  void RouterTopK(const float* logits, int64_t n, int64_t experts, int64_t top_k, bool renormalise,
+                  int32_t* ids, float* weights) override {
+    cpu::RouterTopK(logits, n, experts, top_k, renormalise, ids, weights);
   }
+  void MoeDispatch(const float* h, int64_t n, const int32_t* ids, const float* weights,
+                   const int32_t* owner, int ranks, const RecordFormat& f, void* records,
+                   int32_t* token_of, DispatchCounts& counts) override {
+    cpu::MoeDispatch(h, n, ids, weights, owner, ranks, f, records, token_of, counts);
+  }
+  absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFormat& f,
+                                int64_t experts, const bool* held, float* xs, int32_t* pair_of,
+                                int64_t* expert_offsets) override {
+    return cpu::MoeGroupByExpert(records, count, f, experts, held, xs, pair_of, expert_offsets);
+  }
+  void GroupedExpertMlp(const float* xs, const int64_t* expert_offsets, int64_t experts,
+                        const ExpertMatrices* weights, float* scratch, float* ys) override {
+    cpu::GroupedExpertMlp(xs, expert_offsets, experts, weights, scratch, ys);
+  }
+  void MoeWeightedSum(const float* ys, const void* records, int64_t count, const RecordFormat& f,
+                      const int32_t* pair_of, float* partial) override {
+    cpu::MoeWeightedSum(ys, records, count, f, pair_of, partial);
+  }
+  void MoeCombine(const float* combined, const int32_t* token_of, int64_t records, int64_t n,
+                  int64_t hidden, float* routed) override {
+    cpu::MoeCombine(combined, token_of, records, n, hidden, routed);
+  }
+
+  absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
+                          std::span<const SamplingRow> settings, int32_t* tokens) override {
+    return absl::UnimplementedError("SampleRows: not yet on the CPU backend");
+  }
+
+ private:
+  std::atomic<int64_t> allocations_{0};
 };
 
 }  // namespace

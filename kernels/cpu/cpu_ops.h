@@ -5,6 +5,19 @@
 
 #include "kernels/backend.h"
 
+namespace nextserve::kernels {
+
+// One sequence's keys and values in fixed-size blocks: key j is row j % block_size of
+// k_blocks[j / block_size]; rows are [kv_heads * head_dim] fp32. (The per-sequence form behind
+// Backend::PagedAttention.)
+struct PagedKv {
+  const float* const* k_blocks = nullptr;
+  const float* const* v_blocks = nullptr;
+  int64_t block_size = 0;
+};
+
+}  // namespace nextserve::kernels
+
 namespace nextserve::kernels::cpu {
 
 void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
@@ -20,6 +33,32 @@ void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, cons
 void Attention(const float* q, const PagedKv& kv, int64_t t, int64_t past, const AttentionShape& s,
                const float* gate, float* out);
 
+// ---- the step-wide ops (step_ops.cc), contracts in kernels/backend.h
+void AttentionPrep(const float* qg, float* k, const StepMeta& step, const AttentionShape& s,
+                   const float* q_norm, const float* k_norm, float eps, float* q, float* gate);
+void AppendKv(const float* k, const float* v, const StepMeta& step, const KvLayer& cache);
+void PagedAttention(const float* q, const StepMeta& step, const KvLayer& cache,
+                    const AttentionShape& s, const float* gate, float* out);
+void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s, const float* w,
+                    const StateLayer& state, float* y);
+void DeltaRule(const float* conv_out, const float* g, const float* beta, const StepMeta& step,
+               const DeltaNetShape& s, const StateLayer& state, float* out);
+void RouterTopK(const float* logits, int64_t n, int64_t experts, int64_t top_k, bool renormalise,
+                int32_t* ids, float* weights);
+void MoeDispatch(const float* h, int64_t n, const int32_t* ids, const float* weights,
+                 const int32_t* owner, int ranks, const RecordFormat& f, void* records,
+                 int32_t* token_of, DispatchCounts& counts);
+absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFormat& f,
+                              int64_t experts, const bool* held, float* xs, int32_t* pair_of,
+                              int64_t* expert_offsets);
+void GroupedExpertMlp(const float* xs, const int64_t* expert_offsets, int64_t experts,
+                      const ExpertMatrices* weights, float* scratch, float* ys);
+void MoeWeightedSum(const float* ys, const void* records, int64_t count, const RecordFormat& f,
+                    const int32_t* pair_of, float* partial);
+void MoeCombine(const float* combined, const int32_t* token_of, int64_t records, int64_t n,
+                int64_t hidden, float* routed);
+
+// ---- per-sequence building blocks
 void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNetShape& s,
                    float* mixed_qkv, float* z, float* b, float* a);
 void CausalConvSilu(const float* x, int64_t t, int64_t channels, int64_t kernel, const float* w,

@@ -1,5 +1,6 @@
 // Gated DeltaNet on the CPU: projection split, causal depthwise conv + SiLU, gates, and the gated
 // delta rule in its chunked (UT/WY, C = 64) and recurrent forms. All state arithmetic in fp32.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -205,6 +206,69 @@ void DeltaRule(const float* conv_out, const float* g, const float* beta, int64_t
 void DeltaRuleReference(const float* conv_out, const float* g, const float* beta, int64_t t,
                         const DeltaNetShape& s, float* state, float* out) {
   DeltaRule(conv_out, g, beta, t, s, state, out, /*chunked=*/false);
+}
+
+void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s, const float* w,
+                    const StateLayer& state, float* y) {
+  const int64_t channels = s.conv_dim(), kernel = s.conv_kernel, hist = kernel - 1;
+  const int32_t* cu = step.cu_seqlens_q;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < step.num_tokens; ++i) {
+    const int64_t sq = std::upper_bound(cu, cu + step.num_seqs + 1, static_cast<int32_t>(i)) - cu - 1;
+    const int64_t first = cu[sq], r = i - first;
+    const float* window = state.conv(step.state_slots[sq]);
+    float* out = y + i * channels;
+    for (int64_t c = 0; c < channels; ++c) out[c] = 0.0f;
+    for (int64_t j = 0; j < kernel; ++j) {
+      const int64_t p = r + j;  // input row p of this sequence's window
+      const float* src = p < hist ? window + p * channels : x + (first + p - hist) * channels;
+      for (int64_t c = 0; c < channels; ++c) out[c] += w[c * kernel + j] * src[c];
+    }
+    for (int64_t c = 0; c < channels; ++c) out[c] = Silu(out[c]);
+  }
+  // Each sequence's new window: its last `hist` raw inputs (old window rows, then x).
+#pragma omp parallel
+  {
+    std::vector<float> next(static_cast<size_t>(hist * channels));
+#pragma omp for schedule(static)
+    for (int64_t sq = 0; sq < step.num_seqs; ++sq) {
+      const int64_t first = cu[sq], t = cu[sq + 1] - first;
+      float* window = state.conv(step.state_slots[sq]);
+      for (int64_t p = 0; p < hist; ++p) {
+        const int64_t q = t + p;
+        const float* src = q < hist ? window + q * channels : x + (first + q - hist) * channels;
+        std::memcpy(&next[p * channels], src, channels * sizeof(float));
+      }
+      std::memcpy(window, next.data(), next.size() * sizeof(float));
+    }
+  }
+}
+
+void DeltaRule(const float* conv_out, const float* g, const float* beta, const StepMeta& step,
+               const DeltaNetShape& s, const StateLayer& state, float* out) {
+  static thread_local std::vector<float> qn, kn;
+  NormaliseQK(conv_out, step.num_tokens, s, qn, kn);
+  const int64_t nv = s.num_value_heads, nk = s.num_key_heads, dk = s.key_head_dim,
+                dv = s.value_head_dim, cd = s.conv_dim();
+  const int64_t head_state = dk * dv, tasks = int64_t{step.num_seqs} * nv;
+  const float* qn_data = qn.data();
+  const float* kn_data = kn.data();
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t sq = task / nv, h = task % nv;
+    const int64_t row = step.cu_seqlens_q[sq], t = step.cu_seqlens_q[sq + 1] - row;
+    float* S = state.recurrent(step.state_slots[sq], s) + h * head_state;
+    const float* qs = qn_data + row * nk * dk;
+    const float* ks = kn_data + row * nk * dk;
+    // Prompts (and prompt chunks) use the chunked form; single decode tokens the recurrence.
+    if (t > 1) {
+      ChunkedHead(qs, ks, conv_out + row * cd, g + row * nv, beta + row * nv, t, s, h, S,
+                  out + row * nv * dv);
+    } else {
+      RecurrentHead(qs, ks, conv_out + row * cd, g + row * nv, beta + row * nv, t, s, h, S,
+                    out + row * nv * dv);
+    }
+  }
 }
 
 }  // namespace nextserve::kernels::cpu

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "kernels/backend.h"
+#include "kernels/shapes.h"
 
 namespace nextserve::kernels::cuda {
 
