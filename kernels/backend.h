@@ -18,8 +18,8 @@
 
 #include "absl/status/status.h"
 #include "base/dtype.h"
-#include "kernels/shapes.h"
 #include "kernels/sampling.h"
+#include "kernels/shapes.h"
 #include "kernels/step.h"
 
 namespace nextserve::kernels {

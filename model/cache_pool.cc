@@ -9,7 +9,8 @@ namespace nextserve {
 
 absl::Status CachePool::Validate(const CacheLimits& limits) {
   if (limits.kv_dtype != DType::kF32 && limits.kv_dtype != DType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache dtype ", std::string(DTypeName(limits.kv_dtype)),
+    return absl::InvalidArgumentError(absl::StrCat("KV cache dtype ",
+                                                   std::string(DTypeName(limits.kv_dtype)),
                                                    " is not supported (F32 or BF16)"));
   }
   if (limits.block_size < 1 || limits.max_blocks < 1 || limits.max_slots < 1) {
@@ -31,13 +32,17 @@ CachePool::CachePool(const ModelConfig& c, CacheLimits limits, kernels::Backend*
   block_bytes_ = attention_layers_ * 2 * limits.block_size * kv_width_ * elem;
   slot_floats_ = (c.linear_conv_kernel_dim - 1) * c.linear_conv_dim() +
                  c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim;
-  keys_ = backend_->Allocate(static_cast<size_t>(std::max<int64_t>(1, attention_layers_ * layer_kv_bytes_)));
-  values_ = backend_->Allocate(static_cast<size_t>(std::max<int64_t>(1, attention_layers_ * layer_kv_bytes_)));
+  keys_ = backend_->Allocate(
+      static_cast<size_t>(std::max<int64_t>(1, attention_layers_ * layer_kv_bytes_)));
+  values_ = backend_->Allocate(
+      static_cast<size_t>(std::max<int64_t>(1, attention_layers_ * layer_kv_bytes_)));
   states_ = backend_->Allocate(static_cast<size_t>(
       std::max<int64_t>(1, linear_layers_ * limits.max_slots * slot_floats_) * sizeof(float)));
   // Free lists popped from the back: ids are handed out lowest first.
-  for (int64_t i = limits.max_blocks - 1; i >= 0; --i) free_block_ids_.push_back(static_cast<int32_t>(i));
-  for (int64_t i = limits.max_slots - 1; i >= 0; --i) free_slot_ids_.push_back(static_cast<int32_t>(i));
+  for (int64_t i = limits.max_blocks - 1; i >= 0; --i)
+    free_block_ids_.push_back(static_cast<int32_t>(i));
+  for (int64_t i = limits.max_slots - 1; i >= 0; --i)
+    free_slot_ids_.push_back(static_cast<int32_t>(i));
 }
 
 absl::StatusOr<int32_t> CachePool::AllocateBlock() {
@@ -78,8 +83,8 @@ void CachePool::FreeSlot(int32_t slot) {
 
 kernels::KvLayer CachePool::kv_layer(int64_t attention_index) const {
   return {static_cast<char*>(keys_->data()) + attention_index * layer_kv_bytes_,
-          static_cast<char*>(values_->data()) + attention_index * layer_kv_bytes_,
-          limits_.kv_dtype, limits_.block_size, kv_width_};
+          static_cast<char*>(values_->data()) + attention_index * layer_kv_bytes_, limits_.kv_dtype,
+          limits_.block_size, kv_width_};
 }
 
 kernels::StateLayer CachePool::state_layer(int64_t linear_index) const {

@@ -43,7 +43,7 @@ class ModelRunner {
   kernels::Backend* backend_;
   CachePool* pool_;
   int64_t vocab_size_;
-  std::vector<int32_t> staging_;            // host: every array of the step, back to back
+  std::vector<int32_t> staging_;             // host: every array of the step, back to back
   std::unique_ptr<kernels::Buffer> device_;  // the same in backend memory, grown when needed
   kernels::StepMeta host_meta_;
 };

@@ -71,10 +71,10 @@ struct Dims {
 struct Qwen3NextModel::Workspace {
   struct Tokens {
     float *x, *h, *mixed;
-    float *qg, *k, *v, *q, *gate, *attn;                                   // attention
-    float *qkvz, *ba, *mixed_qkv, *conv, *z, *b, *a, *beta, *g, *core;      // DeltaNet
-    float *mlp_scratch, *shared_gate;                                       // dense / shared MLP
-    float *router_logits, *top_weights;                                     // MoE, token side
+    float *qg, *k, *v, *q, *gate, *attn;                                // attention
+    float *qkvz, *ba, *mixed_qkv, *conv, *z, *b, *a, *beta, *g, *core;  // DeltaNet
+    float *mlp_scratch, *shared_gate;                                   // dense / shared MLP
+    float *router_logits, *top_weights;                                 // MoE, token side
     int32_t *top_ids, *token_of;
     void* send;
     float *combined, *routed;
@@ -170,7 +170,8 @@ Dims ModelDims(const ModelConfig& c, const ModelWeights& w, int ranks, DType dis
   d.mlp_inter = 0;
   d.moe_inter = 0;
   for (const LayerWeights& lw : w.layers) {
-    if (lw.type != LayerType::kFullAttention) d.qkvz = std::max(d.qkvz, lw.delta_net.in_proj_qkvz.rows);
+    if (lw.type != LayerType::kFullAttention)
+      d.qkvz = std::max(d.qkvz, lw.delta_net.in_proj_qkvz.rows);
     if (lw.is_moe) {
       d.mlp_inter = std::max(d.mlp_inter, lw.moe.shared_expert.gate_proj.rows);
       for (const MlpWeights& e : lw.moe.experts) {
@@ -303,8 +304,7 @@ absl::Status Qwen3NextModel::Execute(const kernels::StepMeta& meta, StepContext&
       DeltaNetLayer(l, step, t.h, t.mixed);
     }
     backend_->Add(t.mixed, n * hidden, t.x);
-    backend_->RmsNorm(t.x, n, hidden, lw.post_attention_layernorm.f32(), c.rms_norm_eps, true,
-                      t.h);
+    backend_->RmsNorm(t.x, n, hidden, lw.post_attention_layernorm.f32(), c.rms_norm_eps, true, t.h);
     {
       ScopedTimer timer(step.timer(&ForwardProfile::moe));
       if (lw.is_moe) {
@@ -413,8 +413,8 @@ absl::Status Qwen3NextModel::MoeLayer(int64_t layer, StepContext& step, const fl
   for (int r = 0; r < ranks; ++r) {
     if (recv_counts[r] % rb != 0) {
       return absl::DataLossError(absl::StrCat("layer ", layer, ": rank ", r, " sent ",
-                                              recv_counts[r], " bytes, not a whole number of ",
-                                              rb, "-byte records"));
+                                              recv_counts[r], " bytes, not a whole number of ", rb,
+                                              "-byte records"));
     }
     received += recv_counts[r] / rb;
   }

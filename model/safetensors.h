@@ -26,11 +26,13 @@ struct TensorHeaderEntry {
 
 // Parses the JSON header of a safetensors file and checks every entry against the data section
 // (known dtype, non-negative shape, nbytes == product(shape) * dtype size, offsets inside the data,
-// no overlapping tensors). `__metadata__` is accepted and ignored. Errors name `source` and the tensor.
+// no overlapping tensors). `__metadata__` is accepted and ignored. Errors name `source` and the
+// tensor.
 absl::StatusOr<std::vector<TensorHeaderEntry>> ParseSafetensorsHeader(std::string_view header_json,
                                                                       uint64_t data_size,
                                                                       std::string_view source);
-// Parses a whole file image (8-byte little-endian header length, header, data). For fuzzing and tests.
+// Parses a whole file image (8-byte little-endian header length, header, data). For fuzzing and
+// tests.
 absl::StatusOr<std::vector<TensorHeaderEntry>> ParseSafetensorsImage(std::string_view image,
                                                                      std::string_view source);
 

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/dtype.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
-#include "base/dtype.h"
 
 namespace nextserve {
 

@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "base/dtype.h"
-
 #include "dnnl.h"
 #include "kernels/cpu/cpu_ops.h"
 
@@ -81,7 +80,7 @@ void AttentionPrep(const float* qg, float* k, int64_t t, int64_t first_pos, cons
 }
 
 void AttentionPrep(const float* qg, float* k, const StepMeta& step, const AttentionShape& s,
-               const float* q_norm, const float* k_norm, float eps, float* q, float* gate) {
+                   const float* q_norm, const float* k_norm, float eps, float* q, float* gate) {
   const int32_t* positions = step.positions;
   PrepTokens(
       qg, k, step.num_tokens, [positions](int64_t i) { return positions[i]; }, s, q_norm, k_norm,

@@ -128,8 +128,8 @@ class CpuBackend final : public Backend {
                      float* mixed_qkv, float* z, float* b, float* a) override {
     cpu::DeltaNetSplit(qkvz, ba, t, s, mixed_qkv, z, b, a);
   }
-  void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s,
-                      const float* w, const StateLayer& state, float* y) override {
+  void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s, const float* w,
+                      const StateLayer& state, float* y) override {
     cpu::CausalConvSilu(x, step, s, w, state, y);
   }
   void DeltaNetGates(const float* b, const float* a, int64_t t, int64_t nv, const float* a_log,

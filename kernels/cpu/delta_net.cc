@@ -214,7 +214,8 @@ void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s
   const int32_t* cu = step.cu_seqlens_q;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < step.num_tokens; ++i) {
-    const int64_t sq = std::upper_bound(cu, cu + step.num_seqs + 1, static_cast<int32_t>(i)) - cu - 1;
+    const int64_t sq =
+        std::upper_bound(cu, cu + step.num_seqs + 1, static_cast<int32_t>(i)) - cu - 1;
     const int64_t first = cu[sq], r = i - first;
     const float* window = state.conv(step.state_slots[sq]);
     float* out = y + i * channels;

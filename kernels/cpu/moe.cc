@@ -42,10 +42,9 @@ void RouterTopK(const float* logits, int64_t n, int64_t experts, int64_t top_k, 
       for (int64_t e = 0; e < experts; ++e) sum += prob[e] = std::exp(lg[e] - mx);
       for (int64_t e = 0; e < experts; ++e) prob[e] /= sum;
       std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
-                        [&](int32_t a, int32_t b) {
-                          return prob[a] > prob[b] || (prob[a] == prob[b] && a < b);
-                        });
+      std::partial_sort(
+          order.begin(), order.begin() + top_k, order.end(),
+          [&](int32_t a, int32_t b) { return prob[a] > prob[b] || (prob[a] == prob[b] && a < b); });
       float top_sum = 0;
       for (int64_t j = 0; j < top_k; ++j) top_sum += prob[order[j]];
       // Slots sorted by expert id: the summation order of the reference.
@@ -122,8 +121,8 @@ absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFo
       const int32_t e = ids[j];
       if (e < 0) continue;
       if (e >= experts || !held[e]) {
-        return absl::DataLossError(absl::StrCat("received a token for expert ", e,
-                                                ", which this rank does not hold"));
+        return absl::DataLossError(
+            absl::StrCat("received a token for expert ", e, ", which this rank does not hold"));
       }
       ++expert_offsets[e + 1];
     }
@@ -172,7 +171,8 @@ void GroupedExpertMlp(const float* xs, const int64_t* expert_offsets, int64_t ex
   const int32_t* active_experts = active.data();  // the caller's thread_local, for every thread
 #pragma omp parallel for schedule(dynamic, 1) if (num_active > 1)
   for (int64_t a = 0; a < num_active; ++a) {
-    const int64_t e = active_experts[a], first = expert_offsets[e], m = expert_offsets[e + 1] - first;
+    const int64_t e = active_experts[a], first = expert_offsets[e],
+                  m = expert_offsets[e + 1] - first;
     const ExpertMatrices& w = weights[e];
     const int64_t inter = w.gate.rows, hidden = w.down.rows;
     float* gate = scratch + 2 * first * max_inter;

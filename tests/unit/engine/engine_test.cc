@@ -201,5 +201,79 @@ TEST_F(EngineTest, Bf16WeightsEqualTheirF32Widening) {
   std::filesystem::remove_all(f32_dir);
 }
 
+// After warm-up a step allocates no backend memory: the workspace, the metadata buffer and the
+// cache arenas are reused. 100 steps of a batch that mixes decode tokens and a prompt chunk.
+TEST_F(EngineTest, WarmStepsAllocateNoBackendMemory) {
+  model_->ReserveWorkspace(64);
+  std::vector<std::unique_ptr<SequenceState>> states;
+  std::vector<std::vector<int32_t>> feed;
+  for (int i = 0; i < 4; ++i) {
+    states.push_back(model_->NewSequence());
+    feed.push_back(Prompt(5 + i, i));
+  }
+  auto step = [&](int64_t k) {
+    std::vector<SequenceInput> batch;
+    for (size_t i = 0; i < states.size(); ++i) batch.push_back({states[i].get(), feed[i], false});
+    auto logits = model_->Forward(batch);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    for (size_t i = 0; i < states.size(); ++i) {
+      // Sequence 3 keeps taking 3-token chunks; the others decode one token a step.
+      feed[i] = i == 3 ? Prompt(3, static_cast<int32_t>(k))
+                       : std::vector<int32_t>{static_cast<int32_t>((k + i) % 300)};
+    }
+  };
+  for (int64_t k = 0; k < 3; ++k) step(k);
+  const int64_t before = backend_->allocations();
+  for (int64_t k = 3; k < 103; ++k) step(k);
+  EXPECT_EQ(backend_->allocations(), before);
+  EXPECT_EQ(states[0]->num_tokens(), 5 + 102);  // the prompt, then one token a step
+}
+
+// The runner's metadata for a mixed batch: ids, positions, cu_seqlens, context lengths, the slot
+// mapping through each sequence's own blocks, the block table and the logit rows.
+TEST_F(EngineTest, RunnerBuildsTheStepMetadata) {
+  auto a = model_->NewSequence();
+  auto b = model_->NewSequence();
+  const auto pa = Prompt(70, 1), pb = Prompt(3, 2);  // a crosses a 64-token block
+  SequenceInput first[] = {{a.get(), std::span<const int32_t>(pa).first(66), false, true}};
+  ASSERT_TRUE(model_->Forward(first).ok());
+  ModelRunner runner(backend_.get(), &model_->cache_pool(), model_->config().vocab_size);
+  SequenceInput batch[] = {{a.get(), std::span<const int32_t>(pa).subspan(66), false},
+                           {b.get(), pb, true}};
+  auto meta = runner.Prepare(batch);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  const kernels::StepMeta& m = runner.host_meta();
+  ASSERT_EQ(m.num_seqs, 2);
+  ASSERT_EQ(m.num_tokens, 7);
+  EXPECT_EQ(m.num_logit_rows, 1 + 3);
+  EXPECT_EQ(m.max_blocks_per_seq, 2);
+  EXPECT_EQ(m.max_query_len, 4);
+  EXPECT_EQ(m.max_context_len, 70);
+  EXPECT_EQ(std::vector<int32_t>(m.cu_seqlens_q, m.cu_seqlens_q + 3),
+            (std::vector<int32_t>{0, 4, 7}));
+  EXPECT_EQ(std::vector<int32_t>(m.context_lens, m.context_lens + 2),
+            (std::vector<int32_t>{70, 3}));
+  EXPECT_EQ(std::vector<int32_t>(m.positions, m.positions + 7),
+            (std::vector<int32_t>{66, 67, 68, 69, 0, 1, 2}));
+  EXPECT_EQ(std::vector<int32_t>(m.token_ids, m.token_ids + 4),
+            std::vector<int32_t>(pa.begin() + 66, pa.end()));
+  const int32_t bs = m.block_size;
+  ASSERT_EQ(a->blocks().size(), 2u);
+  ASSERT_EQ(b->blocks().size(), 1u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(m.slot_mapping[i], a->blocks()[1] * bs + 2 + i);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(m.slot_mapping[4 + i], b->blocks()[0] * bs + i);
+  EXPECT_EQ(m.block_table[0], a->blocks()[0]);
+  EXPECT_EQ(m.block_table[1], a->blocks()[1]);
+  EXPECT_EQ(m.block_table[2], b->blocks()[0]);
+  EXPECT_EQ(std::vector<int32_t>(m.state_slots, m.state_slots + 2),
+            (std::vector<int32_t>{a->slot(), b->slot()}));
+  EXPECT_EQ(std::vector<int32_t>(m.logit_rows, m.logit_rows + 4),
+            (std::vector<int32_t>{3, 4, 5, 6}));
+  // The backend's copy holds the same values.
+  std::vector<int32_t> uploaded(7);
+  backend_->CopyToHost(meta->positions, uploaded.data(), 7 * sizeof(int32_t));
+  EXPECT_EQ(uploaded, std::vector<int32_t>(m.positions, m.positions + 7));
+}
+
 }  // namespace
 }  // namespace nextserve
