@@ -262,6 +262,13 @@ void Qwen3NextModel::ReserveWorkspace(int64_t tokens) {
 
 absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const SequenceInput> batch,
                                                            ForwardProfile* profile) {
+  auto logits = Step(batch, profile);
+  if (!logits.ok()) return logits.status();
+  return std::vector<float>(logits->begin(), logits->end());
+}
+
+absl::StatusOr<std::span<const float>> Qwen3NextModel::Step(std::span<const SequenceInput> batch,
+                                                            ForwardProfile* profile) {
   if (!expert_parallel_ok_) {
     return absl::FailedPreconditionError(
         "this model holds only a slice of the routed experts but has no communicator to reach the "
@@ -278,10 +285,12 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
   step.rows = meta->num_tokens;
   if (auto s = Execute(*meta, step); !s.ok()) return s;
   ModelRunner::Advance(batch);
-  std::vector<float> logits(static_cast<size_t>(meta->num_logit_rows) * config().vocab_size);
-  backend_->CopyToHost(workspace_->t.logits, logits.data(), logits.size() * sizeof(float));
+  const size_t count = static_cast<size_t>(meta->num_logit_rows) * config().vocab_size;
+  // Grown only: resize() would zero-fill what it adds, once; later steps only copy.
+  if (host_logits_.size() < count) host_logits_.resize(count);
+  backend_->CopyToHost(workspace_->t.logits, host_logits_.data(), count * sizeof(float));
   if (auto s = backend_->Synchronize(); !s.ok()) return s;
-  return logits;
+  return std::span<const float>(host_logits_.data(), count);
 }
 
 absl::Status Qwen3NextModel::Execute(const kernels::StepMeta& meta, StepContext& step) {

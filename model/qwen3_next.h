@@ -63,6 +63,10 @@ class Qwen3NextModel {
   // sequence advances.
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceInput> batch,
                                              ForwardProfile* profile = nullptr);
+  // The same, with the logits in a host buffer the model keeps and reuses: valid until the next
+  // call. Serving steps use this (no per-step allocation of rows x vocab floats).
+  absl::StatusOr<std::span<const float>> Step(std::span<const SequenceInput> batch,
+                                              ForwardProfile* profile = nullptr);
   // Sizes the workspace for steps of up to `tokens` new tokens (and the records the other ranks
   // may send for theirs), so that serving steps allocate nothing. Optional: it grows on demand.
   void ReserveWorkspace(int64_t tokens);
@@ -82,6 +86,7 @@ class Qwen3NextModel {
   CachePool pool_;
   ModelRunner runner_;
   std::unique_ptr<Workspace> workspace_;
+  std::vector<float> host_logits_;  // Step's result, reused
   std::unique_ptr<comm::Communicator> own_comm_;  // the group of one, when none is given
   comm::Communicator* comm_;
   ExpertPlacement placement_;

@@ -17,13 +17,15 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 Engine::Engine(std::shared_ptr<const ModelWeights> weights, kernels::Backend* backend,
                EngineOptions options, comm::Communicator* comm,
                std::optional<ExpertPlacement> placement)
-    : model_(std::move(weights), backend, options.cache, comm, std::move(placement)),
+    : model_(std::move(weights), backend, options.cache, comm, std::move(placement), options.model),
       options_(options),
       // The longest sequence is bounded by the model and by the whole KV cache of this rank.
       max_context_(std::min(
           options.max_context > 0 ? options.max_context : model_.config().max_position_embeddings,
           options.cache.max_blocks * options.cache.block_size)),
       scheduler_(options.scheduler, [this] { return model_.NewSequence(); }) {
+  // Serving steps then allocate no backend memory (the largest step is known up front).
+  model_.ReserveWorkspace(options.scheduler.max_batch_tokens);
   published_.free_blocks = options.cache.max_blocks;
   published_.free_slots = options.cache.max_slots;
   grouped_ = model_.communicator().size() > 1;
@@ -245,7 +247,7 @@ void Engine::Step() {
         w.request->out->Push(std::move(first));
       }
     }
-    auto logits = model_.Forward(batch, options_.metrics ? &profile : nullptr);
+    auto logits = model_.Step(batch, options_.metrics ? &profile : nullptr);
     if (!logits.ok() && grouped_ &&
         (absl::IsDeadlineExceeded(logits.status()) || absl::IsUnavailable(logits.status()) ||
          absl::IsDataLoss(logits.status()))) {

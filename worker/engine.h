@@ -27,6 +27,7 @@ struct EngineOptions {
   std::function<void(const std::string& why)> on_broken;
   SchedulerLimits scheduler;
   CacheLimits cache;
+  ModelOptions model;
   int64_t max_context = 0;                  // 0: the model's max_position_embeddings
   metrics::RankMetrics* metrics = nullptr;  // not owned; null: none recorded
 };

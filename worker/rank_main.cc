@@ -26,7 +26,8 @@
 #include "worker/rank_service.h"
 
 int main(int argc, char** argv) {
-  std::string model_dir, host = "127.0.0.1", placement_file, model_name;
+  std::string model_dir, host = "127.0.0.1", placement_file, model_name, kv_dtype_name = "f32",
+                         dispatch_dtype_name = "f32";
   int64_t metrics_port = -1;
   bool metrics_per_expert = false;
   int64_t port = 0, threads = 0, kv_blocks = 1024, state_slots = 64, block_size = 64,
@@ -41,6 +42,11 @@ int main(int argc, char** argv) {
   flags.Int("block-size", &block_size, "tokens per KV block (default 64)");
   flags.Int("state-slots", &state_slots,
             "DeltaNet state slots = most sequences in flight (default 64)");
+  flags.String("kv-dtype", &kv_dtype_name,
+               "KV cache element type: f32 (default, exact) or bf16 (half the memory per token)");
+  flags.String("dispatch-dtype", &dispatch_dtype_name,
+               "hidden rows in expert-parallel dispatch records: f32 (default, exact) or bf16 "
+               "(half the bytes exchanged)");
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
   flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
   flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
@@ -72,6 +78,20 @@ int main(int argc, char** argv) {
         absl::InvalidArgumentError(
             "--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
             "--max-running must be positive (--drain-grace-s >= 0)"),
+        flags);
+  }
+  auto parse_dtype = [](const std::string& name) -> std::optional<nextserve::DType> {
+    if (name == "f32" || name == "fp32" || name == "float32") return nextserve::DType::kF32;
+    if (name == "bf16" || name == "bfloat16") return nextserve::DType::kBF16;
+    return std::nullopt;
+  };
+  const auto kv_dtype = parse_dtype(kv_dtype_name),
+             dispatch_dtype = parse_dtype(dispatch_dtype_name);
+  if (!kv_dtype || !dispatch_dtype) {
+    return nextserve::cli::Flags::Report(
+        absl::InvalidArgumentError(absl::StrCat(
+            "--", !kv_dtype ? "kv-dtype" : "dispatch-dtype", " '",
+            !kv_dtype ? kv_dtype_name : dispatch_dtype_name, "': expected f32 or bf16")),
         flags);
   }
   if (metrics_port < -1 || metrics_port > 65535) {
@@ -113,7 +133,8 @@ int main(int argc, char** argv) {
     if (health != nullptr) health->SetServingStatus(false);
     std::fprintf(stderr, "nextserve-rank %ld: NOT_SERVING: %s\n", rank_id, why.c_str());
   };
-  options.cache = {block_size, kv_blocks, state_slots};
+  options.cache = {block_size, kv_blocks, state_slots, *kv_dtype};
+  options.model.dispatch_dtype = *dispatch_dtype;
   options.scheduler = {max_batch_tokens, max_running};
   options.max_context = max_context;
   nextserve::metrics::PrometheusRegistry metrics_registry;

@@ -282,7 +282,7 @@ int Main(int argc, char** argv) {
       const double comm0 = timed.seconds, wait0 = timed.wait_seconds;
       const int64_t bytes0 = timed.bytes_sent;
       const auto t0 = Clock::now();
-      auto logits = model.Forward(batch, &prof);
+      auto logits = model.Step(batch, &prof);
       ph->wall += Seconds(t0);
       Check(logits.status(), "forward");
       ph->comm += timed.seconds - comm0;
@@ -290,9 +290,9 @@ int Main(int argc, char** argv) {
       ph->bytes += static_cast<double>(timed.bytes_sent - bytes0);
       ph->prof_comm += prof.communication;
       for (const auto& in : batch) ph->tokens += static_cast<int64_t>(in.tokens.size());
-      return std::move(*logits);
+      return *logits;
     };
-    auto argmax = [&](const std::vector<float>& logits, int64_t row) {
+    auto argmax = [&](std::span<const float> logits, int64_t row) {
       const float* p = logits.data() + row * c.vocab_size;
       return static_cast<int32_t>(std::max_element(p, p + c.vocab_size) - p);
     };

@@ -208,4 +208,32 @@ TEST_F(RankTest, StreamsTokensReportsLoadAndFreesCancelledWork) {
 }
 
 }  // namespace
+// A bf16 KV cache serves (half the cache memory); an unknown dtype is refused by name at start.
+TEST_F(RankTest, Bf16KvCacheServesAndBadDtypeIsRefused) {
+  {
+    RankProcess rank(*dir_, {"--kv-blocks", "32", "--state-slots", "4", "--kv-dtype", "bf16"});
+    ASSERT_FALSE(rank.address().empty());
+    auto stub =
+        pb::Rank::NewStub(grpc::CreateChannel(rank.address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    auto reader = stub->Submit(&ctx, Request("bf16", 10));
+    pb::SubmitResponse msg;
+    std::vector<int32_t> tokens;
+    while (reader->Read(&msg))
+      tokens.insert(tokens.end(), msg.token_ids().begin(), msg.token_ids().end());
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(tokens.size(), 10u);
+  }
+  const std::string cmd = std::string(std::getenv("NEXTSERVE_BIN_DIR")) +
+                          "/nextserve-rank --model " + *dir_ + " --port 0 --kv-dtype f8 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  const int status = pclose(p);
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  EXPECT_NE(out.find("--kv-dtype 'f8'"), std::string::npos) << out;
+}
+
 }  // namespace nextserve
