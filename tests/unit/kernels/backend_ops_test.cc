@@ -265,6 +265,16 @@ std::vector<StepCase> MakeStepCases() {
   return cases;
 }
 
+// "name [past+new, ...]" for failure messages.
+std::string Describe(const StepCase& c) {
+  std::string out = std::string(c.name) + " [";
+  for (const Seq& q : c.seqs) {
+    out +=
+        std::to_string(q.past) + "+" + std::to_string(q.fresh) + (&q == &c.seqs.back() ? "" : ", ");
+  }
+  return out + "]";
+}
+
 const std::vector<StepCase>& StepCases() {
   static const auto* cases = new std::vector<StepCase>(MakeStepCases());
   return *cases;
@@ -665,9 +675,8 @@ TEST_P(BackendOps, AttentionPrepAppendKvPagedAttention) {
     for (int32_t block_size : {16, 64}) {
       for (DType kv_dtype : {DType::kF32, DType::kBF16}) {
         for (const StepCase& sc : StepCases()) {
-          SCOPED_TRACE(std::string(sc.name) + " gqa=" + std::to_string(s.num_heads / kv_heads) +
-                       " block=" + std::to_string(block_size) +
-                       " kv=" + std::string(DTypeName(kv_dtype)));
+          SCOPED_TRACE(Describe(sc) + " gqa=" + std::to_string(s.num_heads / kv_heads) + " block=" +
+                       std::to_string(block_size) + " kv=" + std::string(DTypeName(kv_dtype)));
           const HostStep st = BuildStep(sc.seqs, block_size, rng);
           const StepMeta meta = UploadStep(st);
           const int64_t t = st.num_tokens();
@@ -879,8 +888,7 @@ TEST_P(BackendOps, DeltaNetSplitConvGatesRuleNorm) {
     const auto a_log = Uniform(rng, nv, -1.0f, 1.0f), dt_bias = Normal(rng, nv);
     const auto norm_w = Normal(rng, dv, 0.5f);
     for (const StepCase& sc : StepCases()) {
-      SCOPED_TRACE(std::string(sc.name) +
-                   " value/key heads=" + std::to_string(nv / s.num_key_heads));
+      SCOPED_TRACE(Describe(sc) + " value/key heads=" + std::to_string(nv / s.num_key_heads));
       const HostStep st = BuildStep(sc.seqs, 16, rng);
       const StepMeta meta = UploadStep(st);
       const int64_t t = st.num_tokens();
@@ -1180,6 +1188,7 @@ std::vector<double> ExpertReference(const HostExpert& e, const float* x, int64_t
 struct MoeCase {
   int ranks;
   DType record_dtype;
+  bool shuffled_placement = false;  // owner as an arbitrary table (load-based placement)
 };
 
 TEST_P(BackendOps, MoePipelineOverRanks) {
@@ -1204,14 +1213,17 @@ TEST_P(BackendOps, MoePipelineOverRanks) {
 
   for (const MoeCase mc :
        {MoeCase{1, DType::kF32}, MoeCase{2, DType::kF32}, MoeCase{4, DType::kF32},
-        MoeCase{1, DType::kBF16}, MoeCase{2, DType::kBF16}, MoeCase{4, DType::kBF16}}) {
+        MoeCase{1, DType::kBF16}, MoeCase{2, DType::kBF16}, MoeCase{4, DType::kBF16},
+        MoeCase{2, DType::kF32, true}, MoeCase{4, DType::kBF16, true}}) {
     const int ranks = mc.ranks;
     SCOPED_TRACE("R=" + std::to_string(ranks) + " records " +
-                 std::string(DTypeName(mc.record_dtype)));
+                 std::string(DTypeName(mc.record_dtype)) +
+                 (mc.shuffled_placement ? " shuffled placement" : ""));
     const RecordFormat f{hidden, top_k, mc.record_dtype};
-    // Contiguous placement: rank r holds experts [r E/R, (r+1) E/R).
+    // Contiguous placement: rank r holds experts [r E/R, (r+1) E/R); or the same table shuffled.
     std::vector<int32_t> owner(experts);
     for (int64_t e = 0; e < experts; ++e) owner[e] = static_cast<int32_t>(e * ranks / experts);
+    if (mc.shuffled_placement) std::shuffle(owner.begin(), owner.end(), rng);
 
     // Router: the last quarter of the experts is never chosen (with R = 4: a rank with nothing
     // to do), token 0 keeps all its experts on one rank.
@@ -1240,7 +1252,7 @@ TEST_P(BackendOps, MoePipelineOverRanks) {
     const DispatchRef disp = MoeDispatchReference(h, n, ids, weights, owner, ranks, f);
     ASSERT_EQ(counts.total, disp.records.count());
     ASSERT_EQ(records_to, disp.records_to);
-    if (ranks == 4) {
+    if (ranks == 4 && !mc.shuffled_placement) {
       ASSERT_EQ(records_to[3], 0);  // a rank that receives nothing
     }
     Records got_records{f, Download<uint8_t>(records_d, counts.total * f.bytes())};
@@ -1404,6 +1416,8 @@ TEST_P(BackendOps, MoeGroupByExpertEmptySlotsAndDataLoss) {
                                     offsets.data());
       });
       EXPECT_EQ(lost.code(), absl::StatusCode::kDataLoss) << lost;
+      EXPECT_NE(lost.message().find(std::to_string(bad)), std::string_view::npos)
+          << "the error names the expert: " << lost;
     }
   }
 }
@@ -1445,6 +1459,70 @@ TEST_P(BackendOps, MoeCombineTokensSentNowhereAreZero) {
   const auto routed = Download<float>(routed_d, n * hidden);
   EXPECT_TRUE(Close("MoeCombine", routed, want, kElementwiseTolerance));
   for (int64_t c = hidden; c < 3 * hidden; ++c) EXPECT_EQ(routed[c], 0.0f) << c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// An idle rank runs every step with zero tokens (architecture.md §2, so that every rank enters
+// every collective): each op over an empty step must leave the arenas alone and return cleanly.
+
+TEST_P(BackendOps, EmptyStepTouchesNothing) {
+  std::mt19937 rng(16);
+  const HostStep st = BuildStep({}, 16, rng);
+  const StepMeta meta = UploadStep(st);
+  float* none = Poisoned<float>(0);
+  int32_t* no_ids = Poisoned<int32_t>(0);
+
+  const AttentionShape as{8, 2, 32, 16, 1e7f};
+  const int64_t width = as.num_kv_heads * as.head_dim;
+  const auto k_arena = Normal(rng, st.num_blocks * st.block_size * width);
+  const KvLayer cache{Upload(k_arena), Upload(k_arena), DType::kF32, st.block_size, width};
+  const auto norm_w = Normal(rng, as.head_dim);
+  const float* norm_d = Upload(norm_w);
+  RunOp("AttentionPrep",
+        [&] { b().AttentionPrep(none, none, meta, as, norm_d, norm_d, 1e-6f, none, none); });
+  RunOp("AppendKv", [&] { b().AppendKv(none, none, meta, cache); });
+  RunOp("PagedAttention", [&] { b().PagedAttention(none, meta, cache, as, none, none); });
+  EXPECT_TRUE(Same("keys", Download<float>(cache.k, k_arena.size()), k_arena));
+  EXPECT_TRUE(Same("values", Download<float>(cache.v, k_arena.size()), k_arena));
+
+  const DeltaNetShape ds{2, 4, 32, 16, 4};
+  HostState state = MakeState(st, ds, rng);
+  const StateLayer layer{Upload(state.values), state.stride};
+  const auto conv_w = Normal(rng, ds.conv_dim() * ds.conv_kernel);
+  const float* conv_w_d = Upload(conv_w);
+  RunOp("DeltaNetSplit", [&] { b().DeltaNetSplit(none, none, 0, ds, none, none, none, none); });
+  RunOp("CausalConvSilu", [&] { b().CausalConvSilu(none, meta, ds, conv_w_d, layer, none); });
+  RunOp("DeltaNetGates", [&] {
+    b().DeltaNetGates(none, none, 0, ds.num_value_heads, conv_w_d, conv_w_d, none, none);
+  });
+  RunOp("DeltaRule", [&] { b().DeltaRule(none, none, none, meta, ds, layer, none); });
+  EXPECT_TRUE(Same("state arena", Download<float>(layer.base, state.values.size()), state.values));
+
+  const int64_t experts = 8, top_k = 2;
+  const RecordFormat f{16, top_k, DType::kF32};
+  const std::vector<int32_t> owner{0, 0, 0, 0, 1, 1, 1, 1};
+  const int32_t* owner_d = Upload(owner);
+  RunOp("RouterTopK", [&] { b().RouterTopK(none, 0, experts, top_k, true, no_ids, none); });
+  std::vector<int64_t> records_to(2, -7);
+  DispatchCounts counts{records_to, -7};
+  RunOp("MoeDispatch",
+        [&] { b().MoeDispatch(none, 0, no_ids, none, owner_d, 2, f, none, no_ids, counts); });
+  EXPECT_EQ(records_to, (std::vector<int64_t>{0, 0}));
+  EXPECT_EQ(counts.total, 0);
+  const std::vector<uint8_t> held(experts, 1);
+  std::vector<int64_t> offsets(experts + 1, -7);
+  absl::Status grouped;
+  RunOp("MoeGroupByExpert", [&] {
+    grouped = b().MoeGroupByExpert(none, 0, f, experts, reinterpret_cast<const bool*>(held.data()),
+                                   none, no_ids, offsets.data());
+  });
+  EXPECT_TRUE(grouped.ok()) << grouped;
+  EXPECT_EQ(offsets, std::vector<int64_t>(experts + 1, 0));
+  const std::vector<ExpertMatrices> unbound(experts);  // no pairs: no weights read
+  RunOp("GroupedExpertMlp",
+        [&] { b().GroupedExpertMlp(none, offsets.data(), experts, unbound.data(), none, none); });
+  RunOp("MoeWeightedSum", [&] { b().MoeWeightedSum(none, none, 0, f, no_ids, none); });
+  RunOp("MoeCombine", [&] { b().MoeCombine(none, no_ids, 0, 0, f.hidden, none); });
 }
 
 // ---------------------------------------------------------------------------------------------
