@@ -18,6 +18,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <span>
 #include <string>
@@ -37,6 +38,9 @@ struct BackendEntry {
   const char* name;
   std::unique_ptr<Backend> (*make)();
 };
+void PrintTo(const BackendEntry& e, std::ostream* os) {
+  *os << e.name;
+}
 
 // Every backend this build has and this machine can run. The CPU backend is always here.
 std::vector<BackendEntry> AvailableBackends() {
