@@ -408,31 +408,41 @@ std::vector<double> LinearReference(const std::vector<float>& x, int64_t m,
   return y;
 }
 
-// fp32 sums of k ≤ 200 products in any blocking: error ≈ √k · 2^-24 · Σ|x w| ≪ 1e-5 of the
+// fp32 sums of k ≤ 512 products in any blocking: error ≈ √k · 2^-24 · Σ|x w| ≪ 1e-5 of the
 // largest output (with weights stored exactly in their dtype, the dtype adds nothing).
 constexpr double kLinearTolerance = 1e-5;
 
 TEST_P(BackendOps, LinearEveryDTypeAndRowCount) {
   std::mt19937 rng(3);
-  const int64_t n = 67, k = 131;  // odd: vector tails
-  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
-    const auto w = RoundTo(dtype, Normal(rng, n * k, 0.1f));
-    const auto bytes = Encode(dtype, w);
-    // An odd byte offset: checkpoint tensors need not be aligned.
-    const void* wd = UploadBytes(bytes.data(), bytes.size(), 1);
-    const Matrix mat{dtype, wd, n, k};
-    for (int64_t m : {1, 3, 8, 9, 64, 65}) {
-      for (bool accumulate : {false, true}) {
-        SCOPED_TRACE(std::string(DTypeName(dtype)) + " m=" + std::to_string(m) +
-                     (accumulate ? " accumulate" : ""));
-        const auto x = Normal(rng, m * k);
-        const auto y0 = Normal(rng, m * n);
-        const float* xd = Upload(x);
-        float* yd = accumulate ? Upload(y0) : Poisoned<float>(m * n);
-        RunOp("Linear", [&] { b().Linear(xd, m, mat, yd, accumulate); });
-        EXPECT_TRUE(Close("Linear", Download<float>(yd, m * n),
-                          LinearReference(x, m, w, n, k, accumulate ? &y0 : nullptr),
-                          kLinearTolerance));
+  struct Shape {
+    int64_t n, k;
+    std::vector<int64_t> rows;
+  };
+  // Odd sizes (vector tails) over every row count near the few-row / GEMM switch; a wider one
+  // for longer sums.
+  const std::vector<Shape> shapes{{67, 131, {1, 3, 8, 9, 64, 65}}, {160, 512, {1, 33}}};
+  for (const Shape& shape : shapes) {
+    const int64_t n = shape.n, k = shape.k;
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      const auto w = RoundTo(dtype, Normal(rng, n * k, 0.1f));
+      const auto bytes = Encode(dtype, w);
+      // An odd byte offset: checkpoint tensors need not be aligned.
+      const void* wd = UploadBytes(bytes.data(), bytes.size(), 1);
+      const Matrix mat{dtype, wd, n, k};
+      for (int64_t m : shape.rows) {
+        for (bool accumulate : {false, true}) {
+          SCOPED_TRACE(std::string(DTypeName(dtype)) + " m=" + std::to_string(m) +
+                       " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                       (accumulate ? " accumulate" : ""));
+          const auto x = Normal(rng, m * k);
+          const auto y0 = Normal(rng, m * n);
+          const float* xd = Upload(x);
+          float* yd = accumulate ? Upload(y0) : Poisoned<float>(m * n);
+          RunOp("Linear", [&] { b().Linear(xd, m, mat, yd, accumulate); });
+          EXPECT_TRUE(Close("Linear", Download<float>(yd, m * n),
+                            LinearReference(x, m, w, n, k, accumulate ? &y0 : nullptr),
+                            kLinearTolerance));
+        }
       }
     }
   }
@@ -664,8 +674,9 @@ constexpr double kAttentionPrepTolerance = 2e-5;
 // Softmax over ≤ 129 keys and a weighted sum of as many values, all fp32: 2e-5.
 constexpr double kAttentionTolerance = 2e-5;
 // bf16 keys and values against the unrounded fp32 ones: each element moves by up to 2^-9 of
-// itself; scores (q·k/√d with normalised q, k) shift by ~2^-9·√d, so outputs move by ~1%.
-constexpr double kBf16KvTolerance = 2e-2;
+// itself; scores (q·k/√d with normalised q, k) shift by ~2^-9·√d, so outputs move by well under
+// 1% (measured on the CPU: 3e-3).
+constexpr double kBf16KvTolerance = 1e-2;
 
 TEST_P(BackendOps, AttentionPrepAppendKvPagedAttention) {
   std::mt19937 rng(8);
@@ -1364,8 +1375,9 @@ TEST_P(BackendOps, MoePipelineOverRanks) {
       }
     EXPECT_TRUE(Close("MoE routed sum", routed, direct, 1e-5));
     if (mc.record_dtype == DType::kBF16) {
-      // bf16 hidden rows (2^-9 relative each) through two layers: ~1% of the largest output.
-      EXPECT_TRUE(Close("MoE routed sum, bf16 records vs fp32", routed, direct_exact, 2e-2));
+      // bf16 hidden rows (2^-9 relative each) through two layers: under 1% of the largest output
+      // (measured on the CPU: 4e-3).
+      EXPECT_TRUE(Close("MoE routed sum, bf16 records vs fp32", routed, direct_exact, 1e-2));
     }
   }
 }
