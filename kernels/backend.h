@@ -141,14 +141,16 @@ class Backend {
   virtual void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNetShape& s,
                              float* mixed_qkv, float* z, float* b, float* a) = 0;
   // Causal depthwise conv + SiLU over each sequence's rows of x [tokens, conv_dim], continuing
-  // from and updating the conv window of its slot (step.state_slots; zeros for a new sequence).
+  // from and updating the conv window of its slot (step.state_slots). The op reads the slot as it
+  // is: a new sequence's slot is zeroed by whoever hands it out (CachePool::AllocateSlot).
   // w: [conv_dim, kernel].
   virtual void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s,
                               const float* w, const StateLayer& state, float* y) = 0;
   // beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias). All [t, nv].
   virtual void DeltaNetGates(const float* b, const float* a, int64_t t, int64_t nv,
                              const float* a_log, const float* dt_bias, float* beta, float* g) = 0;
-  // The gated delta rule over each sequence's rows, from and into the recurrent state of its slot.
+  // The gated delta rule over each sequence's rows, from and into the recurrent state of its slot
+  // (zero for a new sequence, as the slot's owner set it).
   // conv_out: [tokens, conv_dim] (q | k | v after conv + SiLU; q and k are l2-normalised here, q
   // scaled by dk^-0.5). out: [tokens, nv, dv]. A sequence with several new tokens uses the
   // chunked form (C = 64), one with a single token the recurrence.
@@ -166,8 +168,10 @@ class Backend {
   virtual void RouterTopK(const float* logits, int64_t n, int64_t experts, int64_t top_k,
                           bool renormalise, int32_t* ids, float* weights) = 0;
   // Packs one record (RecordFormat) per (token, destination rank) that holds any of its experts,
-  // grouped by rank, tokens in order within a rank; owner: int32 [experts] -> rank. token_of
-  // [records] gets each record's token row. Writes counts.records_to (host) and counts.total.
+  // grouped by rank, tokens in order within a rank; owner: int32 [experts] -> rank. Empty slots
+  // get id -1 and weight 0. records holds at least n * min(ranks, top_k) records, token_of as
+  // many int32; token_of gets each record's token row. Writes counts.records_to (host) and
+  // counts.total.
   virtual void MoeDispatch(const float* h, int64_t n, const int32_t* ids, const float* weights,
                            const int32_t* owner, int ranks, const RecordFormat& f, void* records,
                            int32_t* token_of, DispatchCounts& counts) = 0;
@@ -179,8 +183,10 @@ class Backend {
   virtual absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFormat& f,
                                         int64_t experts, const bool* held, float* xs,
                                         int32_t* pair_of, int64_t* expert_offsets) = 0;
-  // ys[pairs of e] = expert e's MLP over xs[pairs of e], for every e with pairs; experts[e] is
-  // read only for those. scratch: at least 2 * pairs * max(inter) floats.
+  // ys[pairs of e] = expert e's MLP over xs[pairs of e], for every e with pairs; weights[e] is
+  // read only for those. expert_offsets ([experts + 1], as MoeGroupByExpert wrote it) and the
+  // weights array are host memory (the matrices they point to are the backend's); scratch: at
+  // least 2 * pairs * max(inter) floats.
   virtual void GroupedExpertMlp(const float* xs, const int64_t* expert_offsets, int64_t experts,
                                 const ExpertMatrices* weights, float* scratch, float* ys) = 0;
   // partial[r] = Σ_j weight[r, j] * ys[pair_of[r * top_k + j]] over record r's slots in order

@@ -138,9 +138,9 @@ Memory ReadMemory() {
     auto field = [&](const char* name, double* out) {
       if (line.rfind(name, 0) != 0) return;
       double kb = 0;
-      if (absl::SimpleAtod(absl::StripAsciiWhitespace(absl::StripSuffix(
-                               absl::StripPrefix(line, name), "kB")),
-                           &kb)) {
+      if (absl::SimpleAtod(
+              absl::StripAsciiWhitespace(absl::StripSuffix(absl::StripPrefix(line, name), "kB")),
+              &kb)) {
         *out = kb / 1024.0;
       }
     };
@@ -188,6 +188,7 @@ struct Options {
   int64_t prompt = 256, decode = 16, idle_seconds = 3, ttft_prompt = 16, ttft_reps = 6;
   std::string batches = "1,2,4";
   bool split_wait = false;
+  std::string dispatch_dtype = "f32";
   std::string baseline;  // "prefill_group_tps,decode_group_tps(b1),...,idle_cpu,ttft" of R = 1
 };
 
@@ -205,6 +206,8 @@ int Main(int argc, char** argv) {
   flags.Int("ttft-prompt", &o.ttft_prompt, "prompt of the idle-group latency request (16)");
   flags.Int("ttft-reps", &o.ttft_reps, "idle-group latency requests (default 6)");
   flags.String("baseline", &o.baseline, "the R = 1 run's baseline line, for ratios");
+  flags.String("dispatch-dtype", &o.dispatch_dtype,
+               "hidden rows of the dispatch records: f32 (default) or bf16");
   flags.Bool("split-wait", &o.split_wait,
              "barrier before each exchange call, timed apart: wait for peers vs transfer");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return cli::Flags::Report(s, flags);
@@ -247,18 +250,18 @@ int Main(int argc, char** argv) {
         R, sysconf(_SC_NPROCESSORS_ONLN),
         R > sysconf(_SC_NPROCESSORS_ONLN) ? " (OVERSUBSCRIBED: ranks share cores)" : "",
         std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "(unset)",
-        model_dir.c_str(), c.hidden_size, c.num_hidden_layers, c.num_experts,
-        c.num_experts_per_tok, (c.num_experts + R - 1) / R,
-        std::string(DTypeName(weights->stored_dtype)).c_str());
+        model_dir.c_str(), c.hidden_size, c.num_hidden_layers, c.num_experts, c.num_experts_per_tok,
+        (c.num_experts + R - 1) / R, std::string(DTypeName(weights->stored_dtype)).c_str());
   }
 
   if (root) {
     std::ifstream la("/proc/loadavg");
     std::string l1, l5;
     la >> l1 >> l5;
-    std::printf("load average before the run: %s (1 min), %s (5 min) on %ld cores: other "
-                "processes share the CPUs when it exceeds the core count minus R\n",
-                l1.c_str(), l5.c_str(), sysconf(_SC_NPROCESSORS_ONLN));
+    std::printf(
+        "load average before the run: %s (1 min), %s (5 min) on %ld cores: other "
+        "processes share the CPUs when it exceeds the core count minus R\n",
+        l1.c_str(), l5.c_str(), sysconf(_SC_NPROCESSORS_ONLN));
   }
 
   auto backend = kernels::MakeCpuBackend();
@@ -276,7 +279,10 @@ int Main(int argc, char** argv) {
     if (absl::SimpleAtoi(piece, &b) && b > 0) batch_sizes.push_back(b);
   }
   {
-    Qwen3NextModel model(weights, backend.get(), CacheLimits{64, 4096, 64}, &timed, placement);
+    ModelOptions model_options;
+    model_options.dispatch_dtype = o.dispatch_dtype == "bf16" ? DType::kBF16 : DType::kF32;
+    Qwen3NextModel model(weights, backend.get(), CacheLimits{64, 4096, 64}, &timed, placement,
+                         model_options);
     auto run = [&](std::span<const SequenceInput> batch, Phase* ph) {
       ForwardProfile prof;
       const double comm0 = timed.seconds, wait0 = timed.wait_seconds;
@@ -355,8 +361,7 @@ int Main(int argc, char** argv) {
         SequenceInput in{seq.get(), t, false};
         Check(bench.Barrier(), "barrier");
         Phase one;
-        run(root ? std::span<const SequenceInput>(&in, 1) : std::span<const SequenceInput>(),
-            &one);
+        run(root ? std::span<const SequenceInput>(&in, 1) : std::span<const SequenceInput>(), &one);
         if (rep == 0 || one.wall < ph.wall) ph = one;  // best of 3 (rank 0's)
       }
       phases.push_back(ph);
@@ -416,9 +421,9 @@ int Main(int argc, char** argv) {
   }
 
   // ---- gather and print ----
-  std::vector<double> mine = {mem_start.vm_rss,  mem_loaded.vm_rss,  mem_loaded.rss_anon,
-                              mem_loaded.rss_file, mem_run.vm_rss,   mem_run.rss_anon,
-                              mem_run.rss_file,  idle_cpu_frac};
+  std::vector<double> mine = {mem_start.vm_rss,    mem_loaded.vm_rss, mem_loaded.rss_anon,
+                              mem_loaded.rss_file, mem_run.vm_rss,    mem_run.rss_anon,
+                              mem_run.rss_file,    idle_cpu_frac};
   for (const Phase& p : phases) {
     mine.push_back(p.wall);
     mine.push_back(p.comm);
@@ -448,12 +453,14 @@ int Main(int argc, char** argv) {
     const double expert_mib = static_cast<double>(c.num_hidden_layers) * 3 *
                               c.moe_intermediate_size * c.hidden_size *
                               DTypeSize(weights->stored_dtype) / (1 << 20);
-    std::printf("   (one expert in all %ld layers = %.1f MiB of checkpoint; all %ld experts = %.0f MiB)\n",
-                c.num_hidden_layers, expert_mib, c.num_experts, expert_mib * c.num_experts);
+    std::printf(
+        "   (one expert in all %ld layers = %.1f MiB of checkpoint; all %ld experts = %.0f MiB)\n",
+        c.num_hidden_layers, expert_mib, c.num_experts, expert_mib * c.num_experts);
 
     std::printf(
         "\n2. throughput (group step time = slowest rank; comm = time inside counts exchange + "
-        "dispatch + combine, incl. waiting for slower ranks; prof = ForwardProfile.communication)\n");
+        "dispatch + combine, incl. waiting for slower ranks; prof = "
+        "ForwardProfile.communication)\n");
     std::printf("   %-28s %9s %11s %10s %8s %8s %8s %8s %10s\n", "phase", "step ms", "group tok/s",
                 "rank tok/s", "comm%avg", "comm%max", "prof%avg", o.split_wait ? "wait%avg" : "",
                 "a2a KB/tok");
@@ -487,11 +494,13 @@ int Main(int argc, char** argv) {
                   tokens > 0 ? bytes / tokens / (c.num_hidden_layers) / 1024 : 0.0);
       if (p == 0) prefill_bytes_per_token = tokens > 0 ? bytes / tokens / c.num_hidden_layers : 0;
     }
-    std::printf("   (a2a KB/tok: dispatch + combine bytes sent per token per MoE layer, local copy "
-                "to itself included)\n");
+    std::printf(
+        "   (a2a KB/tok: dispatch + combine bytes sent per token per MoE layer, local copy "
+        "to itself included)\n");
     if (o.split_wait) {
-      std::printf("   (--split-wait: a barrier before each exchange call; wait = time in those "
-                  "barriers, comm = the exchange after them)\n");
+      std::printf(
+          "   (--split-wait: a barrier before each exchange call; wait = time in those "
+          "barriers, comm = the exchange after them)\n");
     }
     {
       // Distinct destination ranks per token: measured (prefill bytes / bytes per record pair)
@@ -505,9 +514,10 @@ int Main(int argc, char** argv) {
           none *= static_cast<double>(c.num_experts - own - i) / (c.num_experts - i);
         expected += 1 - none;
       }
-      std::printf("   destination ranks per token: %.2f measured (prefill), %.2f for uniform "
-                  "routing; %.0f bytes per (token, rank) in dispatch + combine\n",
-                  prefill_bytes_per_token / pair, expected, pair);
+      std::printf(
+          "   destination ranks per token: %.2f measured (prefill), %.2f for uniform "
+          "routing; %.0f bytes per (token, rank) in dispatch + combine\n",
+          prefill_bytes_per_token / pair, expected, pair);
     }
 
     double idle_avg = 0, idle_max = 0;
@@ -528,17 +538,20 @@ int Main(int argc, char** argv) {
     const double lone = at(0, 8 + 6 * static_cast<int64_t>(phases.size() - 1));
     std::printf("\n3. idle group (worker::Engine%s)\n",
                 R > 1 ? ", group mode: 2 ms step-agreement poll" : ", R = 1: plain loop, no group");
-    std::printf("   CPU over %ld s idle: %.1f%% of a core per rank (max %.1f%%), %.1f%% for the "
-                "group\n",
-                o.idle_seconds, 100 * idle_avg, 100 * idle_max, 100 * idle_avg * R);
-    std::printf("   Submit -> first token, %ld-token prompt, submitted by each rank in turn: "
-                "median %.1f ms, min %.1f, max %.1f (n=%zu); the lone step itself: %.1f ms\n",
-                o.ttft_prompt, lat.empty() ? 0 : 1e3 * lat[lat.size() / 2],
-                lat.empty() ? 0 : 1e3 * lat.front(), lat.empty() ? 0 : 1e3 * lat.back(),
-                lat.size(), 1e3 * lone);
-    std::printf("   Submit -> its first step starts (RankOutput.queue_time_s: wake-up + step "
-                "agreement): median %.2f ms, max %.2f ms\n",
-                wait.empty() ? 0 : 1e3 * wait[wait.size() / 2], wait.empty() ? 0 : 1e3 * wait.back());
+    std::printf(
+        "   CPU over %ld s idle: %.1f%% of a core per rank (max %.1f%%), %.1f%% for the "
+        "group\n",
+        o.idle_seconds, 100 * idle_avg, 100 * idle_max, 100 * idle_avg * R);
+    std::printf(
+        "   Submit -> first token, %ld-token prompt, submitted by each rank in turn: "
+        "median %.1f ms, min %.1f, max %.1f (n=%zu); the lone step itself: %.1f ms\n",
+        o.ttft_prompt, lat.empty() ? 0 : 1e3 * lat[lat.size() / 2],
+        lat.empty() ? 0 : 1e3 * lat.front(), lat.empty() ? 0 : 1e3 * lat.back(), lat.size(),
+        1e3 * lone);
+    std::printf(
+        "   Submit -> its first step starts (RankOutput.queue_time_s: wake-up + step "
+        "agreement): median %.2f ms, max %.2f ms\n",
+        wait.empty() ? 0 : 1e3 * wait[wait.size() / 2], wait.empty() ? 0 : 1e3 * wait.back());
 
     // Baseline line (R = 1) and ratios against it.
     std::string line;

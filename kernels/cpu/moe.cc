@@ -119,8 +119,12 @@ absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFo
     const int32_t* ids = Record(records, f, r).ids();
     for (int64_t j = 0; j < k; ++j) {
       const int32_t e = ids[j];
-      if (e < 0) continue;
-      if (e >= experts || !held[e]) {
+      if (e == -1) continue;  // an empty slot
+      if (e < 0 || e >= experts) {
+        return absl::DataLossError(
+            absl::StrCat("received a token for expert ", e, ", outside [0, ", experts, ")"));
+      }
+      if (!held[e]) {
         return absl::DataLossError(
             absl::StrCat("received a token for expert ", e, ", which this rank does not hold"));
       }
@@ -133,7 +137,7 @@ absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFo
   for (int64_t r = 0; r < count; ++r) {
     const int32_t* ids = Record(records, f, r).ids();
     for (int64_t j = 0; j < k; ++j) {
-      pair_of[r * k + j] = ids[j] < 0 ? -1 : static_cast<int32_t>(cursor[ids[j]]++);
+      pair_of[r * k + j] = ids[j] == -1 ? -1 : static_cast<int32_t>(cursor[ids[j]]++);
     }
   }
 #pragma omp parallel for schedule(static) if (count > 4)

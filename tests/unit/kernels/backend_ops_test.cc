@@ -1438,10 +1438,8 @@ TEST_P(BackendOps, MoeGroupByExpertEmptySlotsAndDataLoss) {
   }
 }
 
-// A negative id other than the empty mark -1 is outside [0, experts): the header says DataLoss.
-// Disabled: the CPU backend skips every negative id as empty (reported to the lead, issue 9);
-// enable once MoeGroupByExpert follows the header (or the header says "negative: empty").
-TEST_P(BackendOps, DISABLED_MoeGroupByExpertNegativeIdIsDataLoss) {
+// A negative id other than the empty mark -1 is outside [0, experts): DataLoss, naming it.
+TEST_P(BackendOps, MoeGroupByExpertNegativeIdIsDataLoss) {
   std::mt19937 rng(15);
   std::vector<uint8_t> held;
   Records rec = HandMadeRecords(DType::kF32, rng, held);
@@ -1455,6 +1453,7 @@ TEST_P(BackendOps, DISABLED_MoeGroupByExpertNegativeIdIsDataLoss) {
                                                  reinterpret_cast<const bool*>(held.data()), xs_d,
                                                  pair_of_d, offsets.data());
   EXPECT_EQ(lost.code(), absl::StatusCode::kDataLoss) << lost;
+  EXPECT_NE(lost.message().find("-5"), std::string_view::npos) << lost;
 }
 
 // MoeCombine with a token sent nowhere: its row must be exactly zero.
