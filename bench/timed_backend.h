@@ -13,7 +13,7 @@ namespace nextserve::bench {
 
 class TimedBackend final : public kernels::Backend {
  public:
-  static constexpr int kOps = 27;
+  static constexpr int kOps = 28;
   static constexpr std::array<std::string_view, kOps> kOpNames = {"Allocate",
                                                                   "CopyToHost",
                                                                   "CopyFromHost",
@@ -40,7 +40,8 @@ class TimedBackend final : public kernels::Backend {
                                                                   "GroupedExpertMlp",
                                                                   "MoeWeightedSum",
                                                                   "MoeCombine",
-                                                                  "SampleRows"};
+                                                                  "SampleRows",
+                                                                  "Copy"};
 
   explicit TimedBackend(kernels::Backend* inner) : inner_(inner) {}
 
@@ -74,6 +75,10 @@ class TimedBackend final : public kernels::Backend {
   void Fill(float* dst, float value, int64_t n) override {
     Timer timer(this, 3);
     inner_->Fill(dst, value, n);
+  }
+  void Copy(const void* src, void* dst, size_t bytes) override {
+    Timer timer(this, 27);
+    inner_->Copy(src, dst, bytes);
   }
   absl::Status Synchronize() override {
     Timer timer(this, 4);

@@ -94,6 +94,8 @@ class Backend {
   virtual void CopyToHost(const void* src, void* host_dst, size_t bytes) = 0;
   virtual void CopyFromHost(const void* host_src, void* dst, size_t bytes) = 0;
   virtual void Fill(float* dst, float value, int64_t n) = 0;
+  // dst = src, both in the backend's memory, not overlapping (prefix-cache snapshots, KV rows).
+  virtual void Copy(const void* src, void* dst, size_t bytes) = 0;
   // Waits for every op queued so far; returns the first error an op hit.
   virtual absl::Status Synchronize() = 0;
 

@@ -108,7 +108,15 @@ EngineLoad Engine::Load() const {
           .block_tokens = options_.cache.block_size,
           .max_context = max_context_,
           .steps = published_.steps.load(kRelaxed),
-          .preemptions = published_.preemptions.load(kRelaxed)};
+          .preemptions = published_.preemptions.load(kRelaxed),
+          .prefix_queries = published_.prefix_queries.load(kRelaxed),
+          .prefix_hits = published_.prefix_hits.load(kRelaxed),
+          .prefix_query_tokens = published_.prefix_query_tokens.load(kRelaxed),
+          .prefix_hit_tokens = published_.prefix_hit_tokens.load(kRelaxed),
+          .snapshots_used = published_.snapshots_used.load(kRelaxed),
+          .snapshot_evictions = published_.snapshot_evictions.load(kRelaxed),
+          .block_evictions = published_.block_evictions.load(kRelaxed),
+          .cached_blocks = published_.cached_blocks.load(kRelaxed)};
 }
 
 void Engine::Finish(Request* r, worker::Finish how, std::string error, bool unavailable) {
@@ -295,7 +303,7 @@ void Engine::Step() {
           live_ids_.erase(std::remove(live_ids_.begin(), live_ids_.end(), r.id), live_ids_.end());
         }
       }
-      for (const std::string& id : done) scheduler_.Remove(id);  // frees blocks and slot now
+      for (const std::string& id : done) scheduler_.Remove(id, /*finished=*/true);  // frees now
     }
   }
   if (options_.metrics) {
@@ -318,6 +326,15 @@ void Engine::PublishLoad() {
   published_.free_blocks.store(pool.free_blocks(), kRelaxed);
   published_.free_slots.store(pool.free_slots(), kRelaxed);
   published_.preemptions.store(scheduler_.preemptions(), kRelaxed);
+  const PrefixCacheStats prefix = pool.stats();
+  published_.prefix_queries.store(prefix.queries, kRelaxed);
+  published_.prefix_hits.store(prefix.hits, kRelaxed);
+  published_.prefix_query_tokens.store(prefix.query_tokens, kRelaxed);
+  published_.prefix_hit_tokens.store(prefix.hit_tokens, kRelaxed);
+  published_.snapshots_used.store(prefix.snapshots_used, kRelaxed);
+  published_.snapshot_evictions.store(prefix.snapshot_evictions, kRelaxed);
+  published_.block_evictions.store(prefix.block_evictions, kRelaxed);
+  published_.cached_blocks.store(prefix.cached_blocks, kRelaxed);
 }
 
 }  // namespace nextserve::worker

@@ -37,6 +37,9 @@ struct EngineLoad {
   int64_t free_blocks = 0, total_blocks = 0, free_slots = 0, total_slots = 0;
   int64_t block_tokens = 0, max_context = 0;
   int64_t steps = 0, preemptions = 0;
+  // Prefix cache (zeros while it is off): see PrefixCacheStats.
+  int64_t prefix_queries = 0, prefix_hits = 0, prefix_query_tokens = 0, prefix_hit_tokens = 0;
+  int64_t snapshots_used = 0, snapshot_evictions = 0, block_evictions = 0, cached_blocks = 0;
 };
 
 struct SubmitSpec {
@@ -94,6 +97,9 @@ class Engine {
   struct PublishedLoad {
     std::atomic<int64_t> running{0}, waiting{0}, free_blocks{0}, free_slots{0};
     std::atomic<int64_t> steps{0}, preemptions{0};
+    std::atomic<int64_t> prefix_queries{0}, prefix_hits{0}, prefix_query_tokens{0},
+        prefix_hit_tokens{0}, snapshots_used{0}, snapshot_evictions{0}, block_evictions{0},
+        cached_blocks{0};
   };
   PublishedLoad published_;
   bool stop_ = false;

@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
   std::string model_dir, host = "127.0.0.1", placement_file, model_name, kv_dtype_name = "f32",
                          dispatch_dtype_name = "f32";
   int64_t metrics_port = -1;
-  bool metrics_per_expert = false;
+  bool metrics_per_expert = false, prefix_cache = false;
+  int64_t snapshot_every = 512, snapshot_budget = 64;
   int64_t port = 0, threads = 0, kv_blocks = 1024, state_slots = 64, block_size = 64,
           max_batch_tokens = 512, max_running = 64, rank_id = 0, max_context = 0,
           drain_grace_s = 30;
@@ -47,6 +48,15 @@ int main(int argc, char** argv) {
   flags.String("dispatch-dtype", &dispatch_dtype_name,
                "hidden rows in expert-parallel dispatch records: f32 (default, exact) or bf16 "
                "(half the bytes exchanged)");
+  flags.Bool("prefix-cache", &prefix_cache,
+             "reuse cached prompt prefixes: shared full KV blocks + DeltaNet state snapshots "
+             "(default off)");
+  flags.Int("snapshot-every", &snapshot_every,
+            "with --prefix-cache: also snapshot the state every N prompt tokens (default 512; 0: "
+            "only at prompt and response ends)");
+  flags.Int("snapshot-budget", &snapshot_budget,
+            "with --prefix-cache: state snapshots kept, LRU (default 64; each costs one state "
+            "slot + one KV block)");
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
   flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
   flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
@@ -73,11 +83,12 @@ int main(int argc, char** argv) {
     return nextserve::cli::Flags::Report(absl::InvalidArgumentError("--model is required"), flags);
   }
   if (kv_blocks < 1 || state_slots < 1 || block_size < 1 || max_batch_tokens < 1 ||
-      max_running < 1 || drain_grace_s < 0) {
+      max_running < 1 || drain_grace_s < 0 || snapshot_every < 0 || snapshot_budget < 0) {
     return nextserve::cli::Flags::Report(
         absl::InvalidArgumentError(
             "--kv-blocks, --block-size, --state-slots, --max-batch-tokens and "
-            "--max-running must be positive (--drain-grace-s >= 0)"),
+            "--max-running must be positive (--drain-grace-s, --snapshot-every, --snapshot-budget "
+            ">= 0)"),
         flags);
   }
   auto parse_dtype = [](const std::string& name) -> std::optional<nextserve::DType> {
@@ -133,9 +144,9 @@ int main(int argc, char** argv) {
     if (health != nullptr) health->SetServingStatus(false);
     std::fprintf(stderr, "nextserve-rank %ld: NOT_SERVING: %s\n", rank_id, why.c_str());
   };
-  options.cache = {block_size, kv_blocks, state_slots, *kv_dtype};
+  options.cache = {block_size, kv_blocks, state_slots, *kv_dtype, prefix_cache, snapshot_budget};
   options.model.dispatch_dtype = *dispatch_dtype;
-  options.scheduler = {max_batch_tokens, max_running};
+  options.scheduler = {max_batch_tokens, max_running, snapshot_every};
   options.max_context = max_context;
   nextserve::metrics::PrometheusRegistry metrics_registry;
   std::optional<nextserve::metrics::RankMetrics> metrics;

@@ -67,6 +67,9 @@ struct Request {
   // Cache: null while waiting. `computed` tokens of `tokens` are in it.
   std::unique_ptr<SequenceState> state;
   int64_t computed = 0;
+  // Prefix cache: where the prompt left the cached KV (past its snapshot), snapshotted there so
+  // that the next prompt sharing that prefix resumes from it (0: none).
+  int64_t divergence = 0;
 
   int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
 };

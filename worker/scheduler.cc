@@ -4,11 +4,14 @@
 
 namespace nextserve::worker {
 
-std::unique_ptr<Request> Scheduler::Remove(const std::string& id) {
+std::unique_ptr<Request> Scheduler::Remove(const std::string& id, bool finished) {
   for (auto it = running_.begin(); it != running_.end(); ++it) {
     if ((*it)->id == id) {
       std::unique_ptr<Request> r = std::move(*it);
       running_.erase(it);
+      // The next turn of a conversation starts where this one ended (all but the last sampled
+      // token, which was never fed).
+      if (finished && r->state && !limits_.snapshot_aligned_only) r->state->Snapshot(r->tokens);
       r->state.reset();
       return r;
     }
@@ -26,10 +29,27 @@ std::unique_ptr<Request> Scheduler::Remove(const std::string& id) {
 void Scheduler::Preempt(std::list<std::unique_ptr<Request>>::iterator it) {
   std::unique_ptr<Request> r = std::move(*it);
   running_.erase(it);
-  r->state.reset();  // blocks and slot back to the pool
+  // Recomputation resumes from here.
+  if (r->state && !limits_.snapshot_aligned_only) r->state->Snapshot(r->tokens);
+  r->state.reset();  // blocks and slot back to the pool (full blocks stay cached)
   r->computed = 0;   // prompt + generated tokens are recomputed on readmission
   waiting_.push_front(std::move(r));
   ++preemptions_;
+}
+
+int64_t Scheduler::ChunkLength(const Request& r, int64_t budget, const CachePool& pool) const {
+  const int64_t remaining = static_cast<int64_t>(r.tokens.size()) - r.computed;
+  int64_t n = std::min(remaining, budget);
+  const int64_t every = limits_.snapshot_every;
+  if (pool.prefix_cache() && every > 0 &&
+      (r.computed < r.prompt_len || limits_.snapshot_aligned_only)) {
+    const int64_t next = (r.computed / every + 1) * every;
+    const int64_t end =
+        limits_.snapshot_aligned_only ? static_cast<int64_t>(r.tokens.size()) : r.prompt_len;
+    if (next < end) n = std::min(n, next - r.computed);
+  }
+  if (r.divergence > r.computed) n = std::min(n, r.divergence - r.computed);
+  return n;
 }
 
 std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
@@ -46,7 +66,7 @@ std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
         ++it;
         continue;
       }
-      const int64_t n = std::min(remaining, budget);
+      const int64_t n = ChunkLength(r, budget, pool);
       // Make room by preempting the newest running requests that are not yet in this step.
       bool room = true;
       while (r.state->BlocksNeeded(n) > pool.free_blocks()) {
@@ -80,9 +100,19 @@ std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
   while (!waiting_.empty() && budget > 0 &&
          static_cast<int64_t>(running_.size()) < limits_.max_running) {
     Request& r = *waiting_.front();
-    const int64_t n = std::min<int64_t>(static_cast<int64_t>(r.tokens.size()), budget);
     auto state = new_state_();
-    if (state->BlocksNeeded(n) > pool.free_blocks() || pool.free_slots() < 1) {
+    // Cached tokens are free compute: only what follows them costs budget.
+    int64_t cached_kv = 0;
+    r.computed = state->AttachPrefix(r.tokens, &cached_kv);
+    r.divergence =
+        cached_kv > r.computed && !limits_.snapshot_aligned_only && cached_kv < r.prompt_len
+            ? cached_kv
+            : 0;
+    const int64_t n = ChunkLength(r, budget, pool);
+    if (state->BlocksNeeded(n) > pool.free_blocks() ||
+        (state->NeedsSlot() && pool.free_slots() < 1)) {
+      state.reset();  // a shared prefix goes back to the cache
+      r.computed = 0;
       if (running_.empty() && work.empty()) {  // nothing will ever free memory for it
         unservable->push_back(std::move(waiting_.front()));
         waiting_.pop_front();
@@ -92,8 +122,7 @@ std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
     }
     (void)state->Reserve(n);
     r.state = std::move(state);
-    r.computed = 0;
-    work.push_back({&r, 0, n, n == static_cast<int64_t>(r.tokens.size())});
+    work.push_back({&r, r.computed, n, r.computed + n == static_cast<int64_t>(r.tokens.size())});
     budget -= n;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
@@ -102,7 +131,21 @@ std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
 }
 
 void Scheduler::Commit(const std::vector<ScheduledWork>& work) {
-  for (const ScheduledWork& w : work) w.request->computed += w.count;
+  for (const ScheduledWork& w : work) {
+    Request& r = *w.request;
+    r.computed += w.count;
+    if (!r.state->pool()->prefix_cache()) continue;
+    const int64_t every = limits_.snapshot_every;
+    // Snapshots at the end of the prompt and at the snapshot points inside it.
+    const bool point = every > 0 && r.computed % every == 0;
+    if (limits_.snapshot_aligned_only ? point
+                                      : r.computed == r.prompt_len || r.computed == r.divergence ||
+                                            (r.computed < r.prompt_len && point)) {
+      r.state->Snapshot(r.tokens);
+    } else {
+      r.state->Publish(r.tokens);
+    }
+  }
 }
 
 }  // namespace nextserve::worker

@@ -67,6 +67,7 @@ class CpuBackend final : public Backend {
     std::memcpy(dst, src, bytes);
   }
   void Fill(float* dst, float value, int64_t n) override { std::fill(dst, dst + n, value); }
+  void Copy(const void* src, void* dst, size_t bytes) override { std::memcpy(dst, src, bytes); }
 
   void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) override {
     cpu::Linear(x, m, w, y, accumulate);
