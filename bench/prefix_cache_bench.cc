@@ -132,7 +132,8 @@ ModeFigures RunMode(const std::shared_ptr<const ModelWeights>& weights, kernels:
   ModeFigures f;
   f.answers.resize(w.conversations.size());
   std::mutex mu;
-  std::vector<std::vector<int32_t>> fed;  // every finished request's fed tokens (for "reusable")
+  // Every earlier request's prompt and every finished one's fed tokens: the prefixes that exist.
+  std::vector<std::vector<int32_t>> fed;
   size_t next = 0;
   const auto start = Clock::now();
   auto worker_fn = [&] {
@@ -154,6 +155,7 @@ ModeFigures RunMode(const std::shared_ptr<const ModelWeights>& weights, kernels:
           std::lock_guard lock(mu);
           for (const auto& f2 : fed) tr.reusable = std::max(tr.reusable, CommonPrefix(prompt, f2));
           tr.reusable = std::min(tr.reusable, tr.prompt - 1);
+          fed.push_back(prompt);  // fed soon: later requests may reuse it while this one runs
         }
         worker::SubmitSpec spec;
         spec.id = "c" + std::to_string(c) + "t" + std::to_string(t);

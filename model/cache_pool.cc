@@ -310,10 +310,7 @@ int64_t SequenceState::AttachPrefix(std::span<const int32_t> tokens, int64_t* ca
     snapshot = pool_->FindSnapshot(chain[k], tokens.subspan(k * bs, p - k * bs), p);
     if (snapshot >= 0) break;
   }
-  if (snapshot < 0 || pool_->free_slots() < 1) {
-    pool_->CountQuery(n, 0);
-    return 0;
-  }
+  if (snapshot < 0 || pool_->free_slots() < 1) return 0;
   const int64_t shared = p / bs;
   for (int64_t k = 0; k < shared; ++k) {
     pool_->AcquireBlock(found[k]);
@@ -324,7 +321,6 @@ int64_t SequenceState::AttachPrefix(std::span<const int32_t> tokens, int64_t* ca
     auto block = pool_->AllocateBlock();
     if (!block.ok()) {
       Reset();
-      pool_->CountQuery(n, 0);
       return 0;
     }
     tail = *block;
@@ -334,7 +330,6 @@ int64_t SequenceState::AttachPrefix(std::span<const int32_t> tokens, int64_t* ca
   pool_->RestoreSnapshot(snapshot, slot_, tail);
   hashes_.assign(chain.begin() + 1, chain.begin() + 1 + shared);
   num_tokens_ = p;
-  pool_->CountQuery(n, p);
   return p;
 }
 

@@ -94,6 +94,8 @@ class CachePool {
   int32_t FindSnapshot(uint64_t parent, std::span<const int32_t> tail, int64_t length);
   // Copies snapshot `snapshot` into `slot` and its tail KV rows into `tail_block`.
   void RestoreSnapshot(int32_t snapshot, int32_t slot, int32_t tail_block);
+  // One lookup of `tokens` that reused `hit_tokens` (the scheduler counts admitted ones only, so
+  // an admission retried for memory is not counted twice).
   void CountQuery(int64_t tokens, int64_t hit_tokens);
   PrefixCacheStats stats() const;
 

@@ -121,6 +121,7 @@ std::vector<ScheduledWork> Scheduler::Schedule(CachePool& pool,
       break;
     }
     (void)state->Reserve(n);
+    if (pool.prefix_cache()) pool.CountQuery(static_cast<int64_t>(r.tokens.size()), r.computed);
     r.state = std::move(state);
     work.push_back({&r, r.computed, n, r.computed + n == static_cast<int64_t>(r.tokens.size())});
     budget -= n;

@@ -224,7 +224,6 @@ TEST_F(PrefixCacheTest, HitGivesColdLogitsAcrossBlockAndSnapshotBoundaries) {
   }
   EXPECT_EQ(pool.free_blocks(), 32);
   EXPECT_EQ(pool.free_slots(), 4);
-  EXPECT_GE(pool.stats().hits, 3);
 }
 
 // Snapshots over budget are evicted least recently used first; a hit needs its snapshot.
