@@ -95,6 +95,25 @@ RankMetrics::RankMetrics(Registry& r, const Options& o)
           r.GetGauge("nextserve_state_slot_usage_perc",
                      "Fraction of the rank's DeltaNet state slots in use (0-1)",
                      {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      prefix_cache_queries(
+          r.GetCounter("nextserve_prefix_cache_queries_total",
+                       "Prompt tokens looked up in the prefix cache at admission",
+                       {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      prefix_cache_hits(r.GetCounter(
+          "nextserve_prefix_cache_hits_total", "Prompt tokens reused from the prefix cache",
+          {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      prefix_snapshot_usage(
+          r.GetGauge("nextserve_prefix_cache_snapshot_usage_perc",
+                     "Fraction of the DeltaNet state snapshot budget in use (0-1)",
+                     {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      prefix_snapshot_evictions(
+          r.GetCounter("nextserve_prefix_cache_snapshot_evictions_total",
+                       "DeltaNet state snapshots evicted (least recently used) for new ones",
+                       {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
+      prefix_block_evictions(
+          r.GetCounter("nextserve_prefix_cache_block_evictions_total",
+                       "Cached unreferenced KV blocks evicted (least recently used) for new ones",
+                       {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
       preemptions(r.GetCounter("nextserve_num_preemptions_total",
                                "Requests preempted (cache dropped, recomputed later)",
                                {{"model_name", o.model_name}, {"rank", std::to_string(o.rank)}})),
@@ -181,6 +200,18 @@ void RankMetrics::RecordStep(double step_s, double all_to_all_s, int64_t bytes_s
 void RankMetrics::SetPreemptionsTotal(int64_t total) {
   if (total > last_preemptions_) preemptions.Add(static_cast<double>(total - last_preemptions_));
   last_preemptions_ = total;
+}
+
+void RankMetrics::SetPrefixCacheTotals(int64_t query_tokens, int64_t hit_tokens,
+                                       int64_t snapshot_evictions, int64_t block_evictions) {
+  const std::array<int64_t, 4> now = {query_tokens, hit_tokens, snapshot_evictions,
+                                      block_evictions};
+  const std::array<Counter*, 4> counters = {&prefix_cache_queries, &prefix_cache_hits,
+                                            &prefix_snapshot_evictions, &prefix_block_evictions};
+  for (size_t i = 0; i < now.size(); ++i) {
+    if (now[i] > last_prefix_[i]) counters[i]->Add(static_cast<double>(now[i] - last_prefix_[i]));
+    last_prefix_[i] = now[i];
+  }
 }
 
 }  // namespace nextserve::metrics

@@ -57,6 +57,12 @@ class RankMetrics {
   Gauge& requests_waiting;
   Gauge& kv_cache_usage;    // used / total KV blocks, 0..1
   Gauge& state_slot_usage;  // used / total DeltaNet state slots, 0..1
+  // Prefix cache (vLLM's names; in tokens, as vLLM counts them).
+  Counter& prefix_cache_queries;  // prompt tokens looked up at admission
+  Counter& prefix_cache_hits;     // of those, tokens reused from the cache
+  Gauge& prefix_snapshot_usage;   // state snapshots held / budget, 0..1
+  Counter& prefix_snapshot_evictions;
+  Counter& prefix_block_evictions;  // cached KV blocks evicted for new ones
   Counter& preemptions;
   Histogram& step_duration;
   Counter& step_compute_seconds;     // step time outside all-to-all
@@ -70,6 +76,9 @@ class RankMetrics {
                   const std::vector<int64_t>& expert_token_counts);
   // Copies the latest cumulative preemption count into the counter.
   void SetPreemptionsTotal(int64_t total);
+  // The same for the prefix cache's cumulative counts.
+  void SetPrefixCacheTotals(int64_t query_tokens, int64_t hit_tokens, int64_t snapshot_evictions,
+                            int64_t block_evictions);
 
  private:
   Options options_;
@@ -78,6 +87,7 @@ class RankMetrics {
   std::vector<Counter*> expert_tokens_;  // [layers * experts], null where not held / not opted in
   std::vector<int64_t> last_counts_;
   int64_t last_preemptions_ = 0;
+  std::array<int64_t, 4> last_prefix_{};
 };
 
 }  // namespace nextserve::metrics

@@ -114,6 +114,7 @@ EngineLoad Engine::Load() const {
           .prefix_query_tokens = published_.prefix_query_tokens.load(kRelaxed),
           .prefix_hit_tokens = published_.prefix_hit_tokens.load(kRelaxed),
           .snapshots_used = published_.snapshots_used.load(kRelaxed),
+          .total_snapshots = options_.cache.prefix_cache ? options_.cache.max_snapshots : 0,
           .snapshot_evictions = published_.snapshot_evictions.load(kRelaxed),
           .block_evictions = published_.block_evictions.load(kRelaxed),
           .cached_blocks = published_.cached_blocks.load(kRelaxed)};

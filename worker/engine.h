@@ -39,7 +39,8 @@ struct EngineLoad {
   int64_t steps = 0, preemptions = 0;
   // Prefix cache (zeros while it is off): see PrefixCacheStats.
   int64_t prefix_queries = 0, prefix_hits = 0, prefix_query_tokens = 0, prefix_hit_tokens = 0;
-  int64_t snapshots_used = 0, snapshot_evictions = 0, block_evictions = 0, cached_blocks = 0;
+  int64_t snapshots_used = 0, total_snapshots = 0, snapshot_evictions = 0, block_evictions = 0,
+          cached_blocks = 0;
 };
 
 struct SubmitSpec {

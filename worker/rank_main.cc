@@ -178,6 +178,12 @@ int main(int argc, char** argv) {
       if (load.total_slots > 0)
         m->state_slot_usage.Set(1.0 - static_cast<double>(load.free_slots) / load.total_slots);
       m->SetPreemptionsTotal(load.preemptions);
+      m->SetPrefixCacheTotals(load.prefix_query_tokens, load.prefix_hit_tokens,
+                              load.snapshot_evictions, load.block_evictions);
+      if (load.total_snapshots > 0) {
+        m->prefix_snapshot_usage.Set(static_cast<double>(load.snapshots_used) /
+                                     static_cast<double>(load.total_snapshots));
+      }
     });
   }
   // Declared after the engine, so it stops serving (and calling the hook) before the engine goes.

@@ -126,7 +126,15 @@ TEST(RankMetrics, PerExpertSeriesOnlyWhenAskedAndOnlyForExpertsThatRan) {
   m.RecordStep(0.1, 0, 0, {3, 0, 2, 0});
   m.SetPreemptionsTotal(2);
   m.SetPreemptionsTotal(5);
+  m.SetPrefixCacheTotals(100, 40, 1, 2);
+  m.SetPrefixCacheTotals(250, 140, 1, 3);
   const std::string text = r.TextFormat();
+  EXPECT_THAT(
+      text, HasSubstr("nextserve_prefix_cache_queries_total{model_name=\"qwen\",rank=\"0\"} 250"));
+  EXPECT_THAT(text,
+              HasSubstr("nextserve_prefix_cache_hits_total{model_name=\"qwen\",rank=\"0\"} 140"));
+  EXPECT_THAT(text, HasSubstr("nextserve_prefix_cache_block_evictions_total{model_name=\"qwen\","
+                              "rank=\"0\"} 3"));
   EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_by_expert_total{expert=\"0\",layer=\"0\","
                               "model_name=\"qwen\",rank=\"0\"} 3"));
   EXPECT_THAT(text, HasSubstr("nextserve_expert_tokens_by_expert_total{expert=\"2\",layer=\"0\","
