@@ -239,17 +239,20 @@ int64_t RankPool::LoadLocked(const Rank& r) const {
   return std::max<int64_t>(r.in_flight, reported);
 }
 
-int RankPool::PickLocked(int avoid) const {
+int RankPool::PickLocked(int avoid, uint64_t affinity) const {
   int best = -1;
   int64_t best_load = 0;
   double best_free = 0;
+  auto eligible = [&](int r) {
+    const Rank& rank = *ranks_[r];
+    return rank.health == Health::kHealthy && !rank.load.draining() &&
+           rank.in_flight < CapacityLocked(rank);
+  };
   for (int pass = 0; pass < 2 && best < 0; ++pass) {
     for (int k = 0; k < size(); ++k) {
       const int r = (next_pick_ + k) % size();
       const Rank& rank = *ranks_[r];
-      if (rank.health != Health::kHealthy || rank.load.draining() ||
-          rank.in_flight >= CapacityLocked(rank))
-        continue;
+      if (!eligible(r)) continue;
       if (pass == 0 && r == avoid) continue;
       const int64_t load = LoadLocked(rank);
       const double free = rank.load.total_kv_blocks() > 0 ? double(rank.load.free_kv_blocks()) /
@@ -260,6 +263,13 @@ int RankPool::PickLocked(int avoid) const {
         best_load = load;
         best_free = free;
       }
+    }
+  }
+  if (affinity != 0 && best >= 0) {
+    const int preferred = static_cast<int>(affinity % static_cast<uint64_t>(size()));
+    if (preferred != avoid && eligible(preferred) &&
+        LoadLocked(*ranks_[preferred]) <= best_load + options_.affinity_max_extra_load) {
+      return preferred;
     }
   }
   return best;
@@ -280,12 +290,13 @@ std::string RankPool::DescribeLocked() const {
 }
 
 absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline,
-                                            const std::function<bool()>& cancelled, int avoid) {
+                                            const std::function<bool()>& cancelled, int avoid,
+                                            uint64_t affinity) {
   std::unique_lock lock(mu_);
   if (healthy_ == 0)
     return absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")"));
   if (queue_.empty()) {
-    if (int r = PickLocked(avoid); r >= 0) return DispatchLocked(r);
+    if (int r = PickLocked(avoid, affinity); r >= 0) return DispatchLocked(r);
   }
   if (static_cast<int>(queue_.size()) >= options_.max_queue) {
     // Waiters whose client left may not have noticed yet; they must not count against the limit.
@@ -316,7 +327,7 @@ absl::StatusOr<RankLease> RankPool::Acquire(absl::Time deadline,
       return leave(
           absl::UnavailableError(absl::StrCat("no healthy rank (", DescribeLocked(), ")")));
     if (queue_.front() == &self) {
-      if (int r = PickLocked(avoid); r >= 0) {
+      if (int r = PickLocked(avoid, affinity); r >= 0) {
         queue_.pop_front();
         WakeHeadLocked();  // there may be room for the next one too
         return DispatchLocked(r);

@@ -39,6 +39,10 @@ struct RankPoolOptions {
   // Requests sent to a rank beyond its state slots (they wait in the rank's own queue);
   // -1: as many as it has state slots.
   int rank_queue_depth = -1;
+  // Cache-aware routing: a request with a prefix affinity (a hash of its first prompt tokens) goes
+  // to the rank that hash names, where its prefix is most likely cached, unless that rank's load
+  // exceeds the least loaded rank's by more than this (then: the least loaded).
+  int64_t affinity_max_extra_load = 2;
   // How the router connects to ranks (TLS for the internal port); null: insecure.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
@@ -83,9 +87,10 @@ class RankPool {
   // head is woken, and only when room frees, a load report arrives or health changes. Errors:
   // ResourceExhausted (queue full), Unavailable (every rank down), DeadlineExceeded, Cancelled
   // (`cancelled` is checked when woken, by the poller every ~50 ms, and when the queue is full).
-  // `avoid` (a rank that just failed) is used only if no other rank is healthy.
+  // `avoid` (a rank that just failed) is used only if no other rank is healthy. `affinity` (0:
+  // none): see RankPoolOptions::affinity_max_extra_load.
   absl::StatusOr<RankLease> Acquire(absl::Time deadline, const std::function<bool()>& cancelled,
-                                    int avoid = -1);
+                                    int avoid = -1, uint64_t affinity = 0);
 
   // A stream to this rank broke: evidence that it is down, acted on now.
   void ReportBroken(int rank, const std::string& why);
@@ -134,7 +139,7 @@ class RankPool {
   void NotifyHealth();
   void Release(int rank);
   RankLease DispatchLocked(int rank);
-  int PickLocked(int avoid) const;  // -1: none has room
+  int PickLocked(int avoid, uint64_t affinity) const;  // -1: none has room
   int CapacityLocked(const Rank& r) const;
   int64_t LoadLocked(const Rank& r) const;
   void WakeHeadLocked();

@@ -10,6 +10,23 @@
 namespace nextserve::router {
 namespace {
 
+// Cache-aware routing: requests that share their first this many prompt tokens (one KV block at
+// the default block size, e.g. a system prompt or the earlier turns of a conversation) prefer the
+// same rank, whose prefix cache then holds them. Shorter prompts have little to reuse: no affinity.
+constexpr size_t kAffinityTokens = 64;
+
+uint64_t PrefixAffinity(const std::vector<int32_t>& prompt) {
+  if (prompt.size() < kAffinityTokens) return 0;
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the token ids
+  for (size_t i = 0; i < kAffinityTokens; ++i) {
+    for (int b = 0; b < 4; ++b) {
+      h ^= (static_cast<uint32_t>(prompt[i]) >> (8 * b)) & 0xffu;
+      h *= 0x100000001b3ull;
+    }
+  }
+  return h == 0 ? 1 : h;
+}
+
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
@@ -197,11 +214,13 @@ grpc::Status InferenceService::GenerateUnrecorded(grpc::ServerContext* ctx,
   progress.metrics = options_.metrics;
   progress.prompt_tokens = static_cast<int64_t>(resolved->prompt_ids.size());
   int avoid = -1;
+  const uint64_t affinity = PrefixAffinity(resolved->prompt_ids);
   bool retried_unsent = false;
   std::string lost;  // why the last rank could not carry on (for a move that finds no rank)
   for (;;) {
     absl::StatusOr<RankLease> lease = pool_.Acquire(
-        DeadlineOf(*ctx), [this, ctx] { return ctx->IsCancelled() || cut_.load(); }, avoid);
+        DeadlineOf(*ctx), [this, ctx] { return ctx->IsCancelled() || cut_.load(); }, avoid,
+        affinity);
     if (!lease.ok()) {
       if (progress.metrics && absl::IsResourceExhausted(lease.status()))
         progress.metrics->rejected_queue_full.Add();

@@ -170,6 +170,30 @@ TEST(RankPoolBalancing, OwnDispatchesSinceTheLastReportCount) {
   EXPECT_EQ(picked, (std::vector<int>{0, 0, 1}));
 }
 
+TEST(RankPoolBalancing, PrefixAffinityPicksItsRankUntilTheLoadsDifferTooMuch) {
+  ScriptedLoadRank a(Report(/*slots=*/8, 0, 90));
+  ScriptedLoadRank b(Report(/*slots=*/8, 0, 90));
+  RankPool pool({a.address(), b.address()},
+                {.poll_interval = absl::Hours(1), .affinity_max_extra_load = 2});
+  pool.Start();
+  ASSERT_TRUE(WaitFor([&] { return pool.healthy_count() == 2; }));
+  // Affinity 3 names rank 1 (3 % 2). It keeps it while its load is at most the other's + 2: loads
+  // (A, B) before each pick: (0,0) (0,1) (0,2) -> B, B, B; then (0,3) is 3 more -> A.
+  std::vector<RankLease> leases;
+  std::vector<int> picked;
+  for (int i = 0; i < 4; ++i) {
+    auto lease = pool.Acquire(In(absl::Seconds(5)), kNeverCancelled, -1, /*affinity=*/3);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    picked.push_back(lease->rank());
+    leases.push_back(*std::move(lease));
+  }
+  EXPECT_EQ(picked, (std::vector<int>{1, 1, 1, 0}));
+  // A rank that just failed is not preferred.
+  auto lease = pool.Acquire(In(absl::Seconds(5)), kNeverCancelled, /*avoid=*/1, 3);
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ(lease->rank(), 0);
+}
+
 TEST(RankPoolHealth, SlowRankIsSuspectKeepsItsEpochAndRejoinsWhenItAnswers) {
   ScriptedLoadRank slow(Report(/*slots=*/8, 0, 100));
   ScriptedLoadRank other(Report(/*slots=*/8, 5, 10));  // busier: would lose any fair choice
