@@ -63,8 +63,10 @@ class PrefixCacheTest : public ::testing::Test {
   }
 
   // The model with a prefix-cached pool of `blocks` x 16 tokens.
-  std::unique_ptr<Qwen3NextModel> Model(int64_t blocks, int64_t snapshots = 8) {
-    CacheLimits limits{.block_size = 16, .max_blocks = blocks, .max_slots = 4};
+  std::unique_ptr<Qwen3NextModel> Model(int64_t blocks, int64_t snapshots = 8,
+                                        DType kv_dtype = DType::kF32) {
+    CacheLimits limits{
+        .block_size = 16, .max_blocks = blocks, .max_slots = 4, .kv_dtype = kv_dtype};
     limits.prefix_cache = true;
     limits.max_snapshots = snapshots;
     return std::make_unique<Qwen3NextModel>(*weights_, backend_.get(), limits);
@@ -224,6 +226,28 @@ TEST_F(PrefixCacheTest, HitGivesColdLogitsAcrossBlockAndSnapshotBoundaries) {
   }
   EXPECT_EQ(pool.free_blocks(), 32);
   EXPECT_EQ(pool.free_slots(), 4);
+}
+
+// bf16 KV: the partial block's rows are copied in the arena's dtype (2 bytes a value).
+TEST_F(PrefixCacheTest, Bf16KvHitEqualsBf16ColdPrefill) {
+  auto m = Model(/*blocks=*/32, 8, DType::kBF16);
+  CachePool& pool = m->cache_pool();
+  const auto prompt = Tokens(90, 7);
+  std::vector<float> cold;
+  {
+    SequenceState st(&pool);
+    cold = Run(*m, st, prompt, 0, 90);
+  }
+  {
+    SequenceState a(&pool);
+    Run(*m, a, prompt, 0, 41);
+    a.Snapshot(prompt);
+    // Past the snapshot, so that no block left in the free list holds rows 32..40 by chance.
+    Run(*m, a, prompt, 41, 90);
+  }
+  SequenceState b(&pool);
+  EXPECT_EQ(b.AttachPrefix(prompt), 41);
+  EXPECT_LT(MaxDiff(Run(*m, b, prompt, 41, 90), Rows(cold, 41, 90)), 1e-4f);
 }
 
 // Snapshots over budget are evicted least recently used first; a hit needs its snapshot.
