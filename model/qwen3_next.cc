@@ -288,7 +288,9 @@ absl::StatusOr<std::span<const float>> Qwen3NextModel::Step(std::span<const Sequ
   const size_t count = static_cast<size_t>(meta->num_logit_rows) * config().vocab_size;
   // Grown only: resize() would zero-fill what it adds, once; later steps only copy.
   if (host_logits_.size() < count) host_logits_.resize(count);
-  backend_->CopyToHost(workspace_->t.logits, host_logits_.data(), count * sizeof(float));
+  // A step of only non-final prompt chunks has no logit rows (and, first, no host buffer yet).
+  if (count > 0)
+    backend_->CopyToHost(workspace_->t.logits, host_logits_.data(), count * sizeof(float));
   if (auto s = backend_->Synchronize(); !s.ok()) return s;
   return std::span<const float>(host_logits_.data(), count);
 }
