@@ -16,6 +16,7 @@
 #include <limits>
 #include <new>
 #include <optional>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -93,6 +94,10 @@ struct Case {
   // some row at some step. Null: no such check (greedy has no settings left to drop).
   std::function<void(SamplingRow&)> neutralise;
 };
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name;
+}
 
 SamplingParams Params(float temperature, int32_t top_k = 0, float top_p = 1, float min_p = 0) {
   SamplingParams p;
