@@ -118,6 +118,21 @@ RowScratch& ThreadScratch() {
   return scratch;
 }
 
+void ReserveThreadScratch(int64_t vocab_size) {
+  RowScratch& s = ThreadScratch();
+  const size_t n = static_cast<size_t>(vocab_size);
+  if (s.marks.size() >= n) return;  // marks is resized last: the others are reserved already
+  s.w.reserve(n);
+  s.e.reserve(n);
+  s.block_sums.reserve(static_cast<size_t>(NumBlocks(vocab_size)));
+  s.kept.reserve(n);
+  s.kept_e.reserve(n);
+  s.by_id.reserve(n);
+  s.top_k.seen.reserve(n);
+  s.top_k.heap.reserve(n);
+  s.marks.resize(n, 0);
+}
+
 double RowStep::Logprob(int64_t i) const {
   return (static_cast<double>(w[i]) - max) / t - std::log(total);
 }

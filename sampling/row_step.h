@@ -42,6 +42,11 @@ struct RowScratch {
 };
 RowScratch& ThreadScratch();
 
+// Grows this thread's scratch to the most any row of vocab_size tokens can need, so that no later
+// row of that size allocates whatever its settings (reserved, not touched: pages that no row uses
+// cost no memory).
+void ReserveThreadScratch(int64_t vocab_size);
+
 // One step: the processed row (steps 1-4) and, for sampling or logprobs, the kept set with its
 // weights e = exp((w - max) / T), either listed (top-k path, in ThreadScratch().kept/kept_e/by_id)
 // or as a cut over the row (weights in ThreadScratch().e).

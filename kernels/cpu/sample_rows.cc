@@ -37,11 +37,18 @@ absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
   // Errors are rare: the loop only notes the lowest failing row, and that row is run again
   // below for its message, so the parallel part never builds a Status it would drop.
   std::atomic<int64_t> first_failed{rows};
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t r = 0; r < rows; ++r) {
-    if (!SampleOne(logits + r * vocab, vocab, settings[r], &tokens[r]).ok()) {
-      int64_t seen = first_failed.load(std::memory_order_relaxed);
-      while (r < seen && !first_failed.compare_exchange_weak(seen, r, std::memory_order_relaxed)) {
+#pragma omp parallel
+  {
+    // Every thread, whether or not it gets a row this time: after the first call no row of this
+    // vocabulary allocates, on any thread (rows go to threads dynamically, as they finish).
+    sampling::internal::ReserveThreadScratch(vocab);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!SampleOne(logits + r * vocab, vocab, settings[r], &tokens[r]).ok()) {
+        int64_t seen = first_failed.load(std::memory_order_relaxed);
+        while (r < seen &&
+               !first_failed.compare_exchange_weak(seen, r, std::memory_order_relaxed)) {
+        }
       }
     }
   }

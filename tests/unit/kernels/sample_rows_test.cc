@@ -373,18 +373,21 @@ Sensitivity CompareWithSampler(const std::function<const Case&(int64_t)>& case_o
       }
       state[r].output.push_back(tokens[r]);
     }
-    sens.neutralised += count_changes(logits, [&](int64_t r, SamplingRow& row) {
-      if (state[r].c->neutralise) state[r].c->neutralise(row);
-    });
-    sens.reseeded += count_changes(logits, [](int64_t, SamplingRow& row) { row.seed += 1; });
-    sens.redrawn += count_changes(logits, [](int64_t, SamplingRow& row) { row.draw += 1; });
+    // The sensitivity checks need no large vocabulary (and would triple its cost).
+    if (shape.vocab <= 1000) {
+      sens.neutralised += count_changes(logits, [&](int64_t r, SamplingRow& row) {
+        if (state[r].c->neutralise) state[r].c->neutralise(row);
+      });
+      sens.reseeded += count_changes(logits, [](int64_t, SamplingRow& row) { row.seed += 1; });
+      sens.redrawn += count_changes(logits, [](int64_t, SamplingRow& row) { row.draw += 1; });
+    }
     for (int64_t r = 0; r < shape.rows; ++r) state[r].Record(tokens[r]);
   }
   return sens;
 }
 
 std::vector<Shape> Shapes() {
-  return {{1000, 1, 60}, {1000, 7, 30}, {1000, 64, 12}, {151936, 1, 12}, {151936, 64, 3}};
+  return {{1000, 1, 60}, {1000, 7, 30}, {1000, 64, 12}, {151936, 1, 8}, {151936, 64, 2}};
 }
 
 class SampleRowsTest : public ::testing::TestWithParam<Case> {};
@@ -425,11 +428,14 @@ INSTANTIATE_TEST_SUITE_P(AllTransforms, SampleRowsTest, ::testing::ValuesIn(Case
 TEST(SampleRowsMixedTest, EveryRowItsOwnSettings) {
   const ScopedThreads threads(3);
   const std::vector<Case> cases = Cases();
-  for (const Shape& shape : {Shape{1000, 48, 20}, Shape{151936, 33, 3}}) {
+  for (const Shape& shape : {Shape{1000, 48, 20}, Shape{151936, 33, 2}}) {
     const Sensitivity s = CompareWithSampler(
         [&](int64_t r) -> const Case& { return cases[r % cases.size()]; }, shape, 77);
     EXPECT_EQ(s.checked, shape.rows * shape.draws);
-    EXPECT_GT(s.reseeded, 0);
+    if (shape.vocab <= 1000) {
+      EXPECT_GT(s.reseeded, 0);
+      EXPECT_GT(s.neutralised, 0);
+    }
   }
 }
 
@@ -575,9 +581,11 @@ TEST(SampleRowsTest, WarmCallsAllocateNothing) {
     if (r % 2 == 0) s.banned = stop, s.bias_ids = ids, s.bias_values = bias;
   }
   std::vector<int32_t> tokens(kRows);
-  for (int i = 0; i < 3; ++i) {  // warm-up: each thread's scratch grows to its rows' needs
-    ASSERT_TRUE(cpu::SampleRows(logits.data(), kRows, kVocab, settings, tokens.data()).ok());
-  }
+  // Warm-up: one call of one plain greedy row sizes every thread's scratch for any row of this
+  // vocabulary, including the threads that got no row.
+  SamplingRow greedy;
+  greedy.temperature = 0;
+  ASSERT_TRUE(cpu::SampleRows(logits.data(), 1, kVocab, std::span(&greedy, 1), tokens.data()).ok());
   allocations = 0;
   counting = true;
   for (int i = 0; i < 20; ++i) {
