@@ -37,10 +37,12 @@ absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
   // Errors are rare: the loop only notes the lowest failing row, and that row is run again
   // below for its message, so the parallel part never builds a Status it would drop.
   std::atomic<int64_t> first_failed{rows};
-#pragma omp parallel
+  // One row (a batch-1 decode step) runs on the calling thread: waking the team costs more than
+  // it could share.
+#pragma omp parallel if (rows > 1)
   {
-    // Every thread, whether or not it gets a row this time: after the first call no row of this
-    // vocabulary allocates, on any thread (rows go to threads dynamically, as they finish).
+    // Every thread of the team, whether or not it gets a row this time, so that no later call
+    // allocates on any of them (rows go to threads dynamically, as they finish).
     sampling::internal::ReserveThreadScratch(vocab);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < rows; ++r) {

@@ -581,11 +581,11 @@ TEST(SampleRowsTest, WarmCallsAllocateNothing) {
     if (r % 2 == 0) s.banned = stop, s.bias_ids = ids, s.bias_values = bias;
   }
   std::vector<int32_t> tokens(kRows);
-  // Warm-up: one call of one plain greedy row sizes every thread's scratch for any row of this
-  // vocabulary, including the threads that got no row.
-  SamplingRow greedy;
-  greedy.temperature = 0;
-  ASSERT_TRUE(cpu::SampleRows(logits.data(), 1, kVocab, std::span(&greedy, 1), tokens.data()).ok());
+  // Warm-up: one call of two plain greedy rows sizes every thread's scratch for any row of this
+  // vocabulary, including the third thread, which gets no row.
+  std::vector<SamplingRow> greedy(2);
+  for (SamplingRow& g : greedy) g.temperature = 0;
+  ASSERT_TRUE(cpu::SampleRows(logits.data(), 2, kVocab, greedy, tokens.data()).ok());
   allocations = 0;
   counting = true;
   for (int i = 0; i < 20; ++i) {
