@@ -34,8 +34,8 @@ absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
   if (logits == nullptr || tokens == nullptr) {
     return absl::InvalidArgumentError("SampleRows: logits or tokens is null");
   }
-  // Errors are rare: the loop only notes the lowest failing row, and that row is run again
-  // below for its message, so the parallel part never builds a Status it would drop.
+  // The loop only notes the lowest failing row (no Status crosses threads); that row is run
+  // again below for its message, which is deterministic.
   std::atomic<int64_t> first_failed{rows};
   // One row (a batch-1 decode step) runs on the calling thread: waking the team costs more than
   // it could share.
