@@ -125,9 +125,12 @@ NEXTSERVE_TARGET_AVX512_BF16 void Bf16FewRowsKernel(const uint16_t* xb, const Ma
 // oneDNN matmul primitives by shape. M is a compile-time dimension: with DNNL_RUNTIME_DIM_VAL
 // oneDNN 2.6 picks its gemm:jit path, 0.5-0.9x of the brgemm kernel a fixed M gets (bench/).
 // The scratchpad is the caller's (user mode), so that one primitive can run on several threads.
+// oneDNN fixes a primitive's thread count when it is made, so that count is part of the key: one
+// thread inside a parallel region (the experts' loop), the OpenMP thread count outside.
 struct MatmulKey {
   int64_t m, n, k;
   bool accumulate;
+  int threads;
   auto operator<=>(const MatmulKey&) const = default;
 };
 
@@ -164,9 +167,18 @@ class MatmulCache {
       ops.append_sum(1.0f);
       attr.set_post_ops(ops);
     }
+    // omp_set_num_threads sets this thread's count only (inside a parallel region: its task's).
+    const int saved_threads = omp_get_max_threads();
+    omp_set_num_threads(key.threads);
     Matmul made;
-    made.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), attr, engine_);
-    made.primitive = dnnl::matmul(made.pd);
+    try {
+      made.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), attr, engine_);
+      made.primitive = dnnl::matmul(made.pd);
+    } catch (...) {
+      omp_set_num_threads(saved_threads);
+      throw;
+    }
+    omp_set_num_threads(saved_threads);
     return map_.emplace(key, made).first->second;
   }
 
@@ -230,7 +242,7 @@ void LinearGemmBf16(const float* x, int64_t m, const Matrix& w, float* y, bool a
   MatmulCache& cache = MatmulCache::Get();
   Matmul matmul;
   try {
-    matmul = cache.Find({m, n, k, accumulate});
+    matmul = cache.Find({m, n, k, accumulate, omp_in_parallel() ? 1 : omp_get_max_threads()});
   } catch (const dnnl::error&) {
     // No bf16 matmul for this shape: the exact path is always there.
     return LinearGemm(x, m, w, y, accumulate);

@@ -164,6 +164,30 @@ TEST_P(Bf16LinearTest, SameBitsAtOneAndTwoThreads) {
   EXPECT_TRUE(SameBits(one, two));
 }
 
+// As the experts run it: one call per thread inside a parallel region, each its own shape and
+// inputs (per-thread scratch, one-thread primitives), each equal to the same call made alone.
+TEST(Bf16Compute, CallsInsideAParallelRegionMatchSerialCalls) {
+  if (!cpu::CpuHasBf16Dot()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  const int64_t n = 96, k = 160;
+  const Stored w = Store(DType::kBF16, Random(n * k, 72, 0.1f), n, k);
+  const int64_t rows[4] = {3, 17, 40, 9};
+  std::vector<std::vector<float>> xs, serial, parallel(4);
+  for (int i = 0; i < 4; ++i) {
+    xs.push_back(Random(rows[i] * k, 80 + i));
+    serial.push_back(RunLinear(Compute::kBF16, xs[i], rows[i], w.matrix, 0.0f));
+  }
+  ScopedCompute scope(Compute::kBF16);
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(2);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < 4; ++i) {
+    parallel[i].assign(rows[i] * n, 0.0f);
+    cpu::Linear(xs[i].data(), rows[i], w.matrix, parallel[i].data(), false);
+  }
+  omp_set_num_threads(saved);
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(SameBits(parallel[i], serial[i])) << "call " << i;
+}
+
 // m: the few-rows kernel's row counts (1, 8), the first matmul size (9), prefill sizes; k: not a
 // multiple of 32 (the kernel's masked tail, oneDNN's k tail) as well as the model's 1024.
 INSTANTIATE_TEST_SUITE_P(Shapes, Bf16LinearTest,
