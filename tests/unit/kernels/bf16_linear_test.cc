@@ -195,7 +195,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Bf16LinearTest,
                                            Bf16Case{3, 33, 70}, Bf16Case{5, 67, 131},
                                            Bf16Case{8, 67, 131}, Bf16Case{8, 256, 1024},
                                            Bf16Case{9, 67, 131}, Bf16Case{64, 130, 200},
-                                           Bf16Case{300, 96, 131}, Bf16Case{300, 256, 1024}),
+                                           Bf16Case{300, 96, 131}, Bf16Case{300, 256, 1024},
+                                           Bf16Case{4, 64, 16}, Bf16Case{40, 64, 16},
+                                           Bf16Case{235, 1, 64}, Bf16Case{235, 576, 64}),
                          [](const auto& info) {
                            return "m" + std::to_string(info.param.m) + "_n" +
                                   std::to_string(info.param.n) + "_k" +
