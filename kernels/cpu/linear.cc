@@ -3,6 +3,7 @@
 // per-thread scratch so that the stored dtype stays the only copy in memory. Block-scaled FP8
 // (E4M3 + a 128x128 block scale) takes the same two paths: the few-rows kernel sums each
 // 128-column block and scales it once, the GEMM path dequantises 128-row tiles (one block row).
+// bf16 weights under bf16 compute (SetLinearCompute) take linear_bf16.cc's paths instead.
 #include <immintrin.h>
 #include <omp.h>
 
