@@ -125,7 +125,7 @@ int Main(int argc, char** argv) {
   flags.String("model", &model_dir, "checkpoint (default: small preset, bf16, written to /tmp)");
   flags.Int("prompt", &prompt_len, "prefill length (default 512)");
   flags.Int("decode", &decode_steps, "decode steps (default 32)");
-  flags.Int("reps", &reps, "passes per measurement, the fastest kept (default 1)");
+  flags.Int("reps", &reps, "rounds of measurements, the best of each kept (default 1)");
   flags.String("threads", &threads_list, "thread counts to measure (default 1,2)");
   flags.String("compute", &compute_list,
                "Linear compute modes to measure: f32, bf16 (default both)");
@@ -180,30 +180,32 @@ int Main(int argc, char** argv) {
     int threads = 1;
     if (!absl::SimpleAtoi(piece, &threads)) continue;
     omp_set_num_threads(threads);
-    const double gemm = SgemmGflops(prompt_len, c.hidden_size, c.hidden_size);
-    const double stream = StreamReadGBs(size_t{1} << 30);
-    std::printf("threads %d\n", threads);
-    std::printf("  limits   sgemm %ldx%ldx%ld: %.1f GFLOP/s | streaming read: %.1f GB/s\n",
-                prompt_len, c.hidden_size, c.hidden_size, gemm, stream);
-    for (kernels::cpu::Compute mode : modes) {
-      kernels::cpu::SetLinearCompute(mode);
+    struct Best {
+      double prefill_s = 1e30, decode_s = 1e30;
       ForwardProfile profile;
-      double prefill_s = 0, decode_s = 0;
-      {
-        // Untimed warm-up: the first pass faults the mapped weights in from the page cache (and
-        // makes the bf16 matmul primitives of this prompt length).
-        auto warm = model.NewSequence();
-        SequenceInput w{warm.get(), prompt, false};
-        (void)model.Forward({&w, 1});
-      }
-      // Best of --reps passes: the least disturbed one on a shared machine.
-      for (int64_t rep = 0; rep < reps; ++rep) {
-        ForwardProfile rep_profile;
+    };
+    std::vector<Best> best(modes.size());
+    double gemm = 0, stream = 0;
+    // --reps rounds, each measuring the baselines and then every mode in turn, the best of each
+    // kept: on a shared machine every mode gets the same chance of a quiet moment.
+    for (int64_t rep = 0; rep < reps; ++rep) {
+      gemm = std::max(gemm, SgemmGflops(prompt_len, c.hidden_size, c.hidden_size));
+      stream = std::max(stream, StreamReadGBs(size_t{1} << 30));
+      for (size_t mi = 0; mi < modes.size(); ++mi) {
+        kernels::cpu::SetLinearCompute(modes[mi]);
+        if (rep == 0) {
+          // Untimed warm-up: the first pass faults the mapped weights in from the page cache (and
+          // makes the bf16 matmul primitives of this prompt length).
+          auto warm = model.NewSequence();
+          SequenceInput w{warm.get(), prompt, false};
+          (void)model.Forward({&w, 1});
+        }
+        ForwardProfile profile;
         auto seq = model.NewSequence();
         SequenceInput in{seq.get(), prompt, false};
         const auto t0 = Clock::now();
-        auto logits = model.Forward({&in, 1}, &rep_profile);
-        const double p_s = std::chrono::duration<double>(Clock::now() - t0).count();
+        auto logits = model.Forward({&in, 1}, &profile);
+        const double prefill_s = std::chrono::duration<double>(Clock::now() - t0).count();
         std::vector<int32_t> next(1, 0);
         const auto t1 = Clock::now();
         for (int64_t step = 0; step < decode_steps; ++step) {
@@ -212,25 +214,32 @@ int Main(int argc, char** argv) {
           SequenceInput d{seq.get(), next, false};
           logits = model.Forward({&d, 1});
         }
-        const double d_s = std::chrono::duration<double>(Clock::now() - t1).count();
-        if (rep == 0 || p_s < prefill_s) prefill_s = p_s, profile = rep_profile;
-        if (rep == 0 || d_s < decode_s) decode_s = d_s;
+        const double decode_s = std::chrono::duration<double>(Clock::now() - t1).count();
+        if (prefill_s < best[mi].prefill_s)
+          best[mi].prefill_s = prefill_s, best[mi].profile = profile;
+        best[mi].decode_s = std::min(best[mi].decode_s, decode_s);
       }
-      const double prefill_gflops = costs.flops_per_token * prompt_len / prefill_s / 1e9;
-      const double decode_tps = decode_steps / decode_s,
+    }
+    kernels::cpu::SetLinearCompute(kernels::cpu::Compute::kF32);
+    std::printf("threads %d\n", threads);
+    std::printf("  limits   sgemm %ldx%ldx%ld: %.1f GFLOP/s | streaming read: %.1f GB/s\n",
+                prompt_len, c.hidden_size, c.hidden_size, gemm, stream);
+    for (size_t mi = 0; mi < modes.size(); ++mi) {
+      const Best& b = best[mi];
+      const double prefill_gflops = costs.flops_per_token * prompt_len / b.prefill_s / 1e9;
+      const double decode_tps = decode_steps / b.decode_s,
                    decode_gbs = costs.bytes_per_decode * decode_tps / 1e9;
-      std::printf("  compute %s\n", mode == kernels::cpu::Compute::kBF16 ? "bf16" : "f32");
+      std::printf("  compute %s\n", modes[mi] == kernels::cpu::Compute::kBF16 ? "bf16" : "f32");
       std::printf("  prefill  %ld tokens: %.1f tok/s, %.1f GFLOP/s = %.0f%% of sgemm\n", prompt_len,
-                  prompt_len / prefill_s, prefill_gflops, 100 * prefill_gflops / gemm);
+                  prompt_len / b.prefill_s, prefill_gflops, 100 * prefill_gflops / gemm);
       std::printf(
           "           time: mixers DeltaNet %.0f%% attention %.0f%%, MoE/MLP %.0f%%, lm_head "
           "%.0f%%\n",
-          100 * profile.delta_net / prefill_s, 100 * profile.attention / prefill_s,
-          100 * profile.moe / prefill_s, 100 * profile.lm_head / prefill_s);
+          100 * b.profile.delta_net / b.prefill_s, 100 * b.profile.attention / b.prefill_s,
+          100 * b.profile.moe / b.prefill_s, 100 * b.profile.lm_head / b.prefill_s);
       std::printf("  decode   %.1f tok/s, %.2f GB/s of weights = %.0f%% of streaming read\n",
                   decode_tps, decode_gbs, 100 * decode_gbs / stream);
     }
-    kernels::cpu::SetLinearCompute(kernels::cpu::Compute::kF32);
   }
 
   // The chunked delta rule alone, at the model's DeltaNet shape, one thread.
