@@ -154,6 +154,43 @@ int Main(int argc, char** argv) {
                     f32_gemm, bf16_few, bf16_mm, bf16_pack, sgemm, few ? best : "mm");
       }
     }
+    // As the MoE layer meets them: many distinct experts (more bytes than the caches hold), each
+    // with m rows, so every call reads its weights from memory. The few-rows kernel runs passes of
+    // 8 rows beyond m = 8 (later passes find the weights in L2).
+    const int64_t experts = 128, en = 256, ek = 1024;
+    std::vector<uint16_t> ew(experts * en * ek);
+    std::mt19937 rng(2);
+    std::normal_distribution<float> dist(0.0f, 0.05f);
+    for (auto& v : ew) v = F32ToBf16(dist(rng));
+    std::printf("  %ld experts %ldx%ld, cold   m   f32 path  bf16 few   bf16 mm\n", experts, en,
+                ek);
+    for (int64_t m : rows) {
+      std::vector<float> x(m * ek), y(m * en);
+      for (auto& v : x) v = dist(rng);
+      auto over_experts = [&](auto fn) {
+        const double flop = 2.0 * m * en * ek * experts;
+        return flop /
+               BestSeconds(
+                   static_cast<int>(std::max<int64_t>(2, reps / 5)),
+                   [&] {
+                     for (int64_t e = 0; e < experts; ++e) {
+                       const kernels::Matrix w{DType::kBF16, ew.data() + e * en * ek, en, ek};
+                       fn(w);
+                     }
+                   }) /
+               1e9;
+      };
+      const double f32 = over_experts([&](const kernels::Matrix& w) {
+        kernels::cpu::Linear(x.data(), m, w, y.data(), false);  // fp32 mode: the default
+      });
+      const double few = over_experts([&](const kernels::Matrix& w) {
+        kernels::cpu::LinearFewRowsBf16(x.data(), m, w, y.data(), false);
+      });
+      const double mm = over_experts([&](const kernels::Matrix& w) {
+        kernels::cpu::LinearGemmBf16(x.data(), m, w, y.data(), false);
+      });
+      std::printf("  %28ld %9.1f %9.1f %9.1f\n", m, f32, few, mm);
+    }
   }
   return 0;
 }
