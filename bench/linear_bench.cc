@@ -4,7 +4,8 @@
 //   bf16 few-rows  AVX512-BF16 vdpbf16ps kernel, weights read once for m <= 8
 //   bf16 matmul    oneDNN bf16 matmul on the weights in place
 //   bf16 prepacked oneDNN bf16 matmul on weights reordered once into its blocked layout (what a
-//                  load-time prepack would give; costs a second copy of the weights)
+//                  load-time prepack would give; costs a second copy of the weights: pack/w is
+//                  its size over the stored weights)
 // and oneDNN sgemm on fp32 weights (engine_bench's baseline). GFLOP/s, best of --reps.
 //
 //   linear_bench [--threads 1,2] [--rows 1,2,4,8,9,16,32,64,128,512] [--reps 20]
@@ -112,8 +113,8 @@ int Main(int argc, char** argv) {
   for (int64_t threads : ParseList(threads_list)) {
     omp_set_num_threads(static_cast<int>(threads));
     std::printf("threads %ld (GFLOP/s; f32 = fp32 compute, bf16 = bf16 compute)\n", threads);
-    std::printf("  %-13s %5s %9s %9s %9s %9s %9s %9s %6s\n", "shape", "m", "f32 few", "f32 gemm",
-                "bf16 few", "bf16 mm", "bf16 pack", "sgemm f32", "best");
+    std::printf("  %-13s %5s %9s %9s %9s %9s %9s %9s %6s %5s\n", "shape", "m", "f32 few",
+                "f32 gemm", "bf16 few", "bf16 mm", "bf16 pack", "sgemm f32", "best", "pack/w");
     for (const Shape& s : shapes) {
       std::mt19937 rng(1);
       std::normal_distribution<float> dist(0.0f, 0.05f);
@@ -150,8 +151,9 @@ int Main(int argc, char** argv) {
                      s.n);
         });
         const char* best = bf16_few >= bf16_mm ? "few" : "mm";
-        std::printf("  %-13s %5ld %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %6s\n", s.name, m, f32_few,
-                    f32_gemm, bf16_few, bf16_mm, bf16_pack, sgemm, few ? best : "mm");
+        std::printf("  %-13s %5ld %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %6s %5.2f\n", s.name, m,
+                    f32_few, f32_gemm, bf16_few, bf16_mm, bf16_pack, sgemm, few ? best : "mm",
+                    static_cast<double>(packed.packed_bytes()) / (wb.size() * 2));
       }
     }
     // As the MoE layer meets them: many distinct experts (more bytes than the caches hold), each
