@@ -9,7 +9,7 @@ namespace nextserve::kernels::cpu {
 
 // How Linear multiplies bf16 weights. kF32: widened to fp32, fp32 activations (exact; what the
 // golden tests use). kBF16: activations rounded to bf16 once per call, bf16 products with fp32
-// accumulation (each product off by at most 2^-8 relative: the activation's rounding), used only
+// accumulation (each product off by at most 2^-9 relative, the activation's rounding), used only
 // where the CPU has AVX512-BF16 (CpuHasBf16Dot); elsewhere, and for fp32 / fp16 / FP8 weights,
 // Linear stays on the fp32 path. A process-wide setting, kF32 by default.
 enum class Compute { kF32, kBF16 };
