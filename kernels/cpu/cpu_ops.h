@@ -20,11 +20,28 @@ struct PagedKv {
 
 namespace nextserve::kernels::cpu {
 
+// How Linear multiplies bf16 weights. kF32: widened to fp32, fp32 activations (exact; what the
+// golden tests use). kBF16: activations rounded to bf16 once per call, bf16 products with fp32
+// accumulation (each product off by at most 2^-9 relative, the activation's rounding), used only
+// where the CPU has AVX512-BF16 (CpuHasBf16Dot); elsewhere, and for fp32 / fp16 / FP8 weights,
+// Linear stays on the fp32 path. A process-wide setting, kF32 by default.
+enum class Compute { kF32, kBF16 };
+void SetLinearCompute(Compute compute);
+Compute LinearCompute();
+// AVX512-BF16 present (as the CPU and oneDNN, honouring DNNL_MAX_CPU_ISA, both report).
+bool CpuHasBf16Dot();
+// Whether Linear takes a bf16-compute path for w now.
+bool UsesBf16Compute(const Matrix& w);
+
 void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // Matrix-vector path for few rows (decode): reads the weights once in their stored dtype.
 void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // GEMM path: oneDNN sgemm, converting non-fp32 weights tile by tile.
 void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+// bf16 compute, bf16 weights only, CpuHasBf16Dot() required. Few rows: AVX512-BF16 dot products
+// reading the weights once for up to 8 rows; GEMM: oneDNN's bf16 matmul on the weights in place.
+void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+void LinearGemmBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // FP8 only: rows [row0, row0 + rows) of w, dequantised (fp8 * block scale) into out [rows, cols].
 void DequantizeFp8Rows(const Matrix& w, int64_t row0, int64_t rows, float* out);
 
