@@ -35,7 +35,7 @@ cudalibs=""
 for root in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 \
             $(python3 -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev/null); do
   [ -d "$root" ] || continue
-  found="$(find "$root" -name 'libcublasLt.so.13*' 2>/dev/null | head -1)"
+  found="$(find -L "$root" -maxdepth 4 -name 'libcublasLt.so.13*' 2>/dev/null | head -1)"
   if [ -n "$found" ]; then cudalibs="$(dirname "$found")"; break; fi
 done
 echo "cuBLASLt from: ${cudalibs:-NOT FOUND}" >> "$summary"

@@ -129,7 +129,7 @@ int Main(int argc, char** argv) {
     return 77;
   }
   Backend& b = **made;
-  Bench bench{b};
+  Bench bench{b, {}};
   std::string json = "{";
   auto add = [&](const std::string& key, double v) {
     char buf[96];
