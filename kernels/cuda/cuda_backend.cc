@@ -331,8 +331,8 @@ class CudaBackend final : public Backend {
  private:
   void Note(cudaError_t err, std::string_view op) {
     if (err != cudaSuccess && first_error_.ok()) {
-      first_error_ = absl::InternalError(
-          absl::StrCat(std::string(op), ": CUDA error ", cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+      first_error_ = absl::InternalError(absl::StrCat(
+          std::string(op), ": CUDA error ", cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
     }
   }
   void Fail(absl::Status st) {
@@ -340,8 +340,9 @@ class CudaBackend final : public Backend {
   }
   bool KvDtypeOk(DType dtype, std::string_view op) {
     if (dtype == DType::kF32 || dtype == DType::kBF16) return true;
-    Fail(absl::InvalidArgumentError(
-        absl::StrCat(std::string(op), ": the KV arena must be F32 or BF16, not ", std::string(DTypeName(dtype)))));
+    Fail(absl::InvalidArgumentError(absl::StrCat(std::string(op),
+                                                 ": the KV arena must be F32 or BF16, not ",
+                                                 std::string(DTypeName(dtype)))));
     return false;
   }
   void Upload(const void* host, void* dst, size_t bytes) {
@@ -375,8 +376,10 @@ class CudaBackend final : public Backend {
     const size_t elem = DTypeSize(w.dtype);
     const size_t weight_bytes = static_cast<size_t>(w.rows * w.cols) * elem;
     const LinearPath path = cuda::ChooseLinearPath(m, w.dtype);
-    // Scratch layout: [weights copied to an aligned address][x rounded to 16 bits][FP8 tile].
-    const bool copy_weights = w.dtype != DType::kF8E4M3 && PointerAlignment(w.data) < 16;
+    // Weights below their element alignment (checkpoint offsets need not be aligned) are copied;
+    // cuBLASLt is told the alignment it gets. Scratch layout: [weights copied to an aligned
+    // address][x rounded to 16 bits][FP8 tile].
+    const bool copy_weights = w.dtype != DType::kF8E4M3 && PointerAlignment(w.data) < elem;
     const size_t copy_bytes = copy_weights ? AlignUp(weight_bytes, 256) : 0;
     const size_t x_bytes =
         path == LinearPath::kLtHalfInputs ? AlignUp(static_cast<size_t>(m * w.cols) * 2, 256) : 0;
@@ -504,9 +507,10 @@ class CudaBackend final : public Backend {
           cublasLtMatmul(lt_, op, &alpha, w, a, x, b, &beta, y, c, y, c, &*it->second,
                          lt_workspace_, kLtWorkspaceBytes, stream_);
       if (st != CUBLAS_STATUS_SUCCESS) {
-        Fail(absl::InternalError(absl::StrCat("Linear: cublasLtMatmul failed (status ",
-                                              static_cast<int>(st), ") for m=", m, " n=", n,
-                                              " k=", k)));
+        // Not supported after all (or a launch failure): never again for this key; the caller
+        // falls back to the weight-streaming kernel.
+        it->second.reset();
+        ok = false;
       }
     }
     if (c) cublasLtMatrixLayoutDestroy(c);

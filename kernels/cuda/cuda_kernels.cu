@@ -302,9 +302,9 @@ __global__ void PagedAttentionKernel(const float* q, StepMeta step, const void* 
                                      bool bf16, int64_t bs, int64_t width, int64_t heads,
                                      int64_t kv_heads, int64_t d, const float* gate, float* out) {
   extern __shared__ float smem[];
-  float* qs = smem;                                              // [d]
-  float* p = qs + d;                                             // [kAttnThreads]
-  int64_t* rows = reinterpret_cast<int64_t*>(p + kAttnThreads);  // [kAttnThreads]
+  int64_t* rows = reinterpret_cast<int64_t*>(smem);           // [kAttnThreads], 8-byte aligned
+  float* qs = reinterpret_cast<float*>(rows + kAttnThreads);  // [d]
+  float* p = qs + d;                                          // [kAttnThreads]
   const int64_t i = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
   const int32_t s = SeqOf(step.cu_seqlens_q, step.num_seqs, i);
   const int64_t first = step.cu_seqlens_q[s], t = step.cu_seqlens_q[s + 1] - first;
