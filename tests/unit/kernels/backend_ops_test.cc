@@ -42,7 +42,6 @@ namespace {
 // largest output (with weights stored exactly in their dtype, the dtype adds nothing).
 constexpr double kLinearTolerance = 1e-5;
 
-
 struct BackendEntry {
   const char* name;
   std::unique_ptr<Backend> (*make)();  // nullptr: this machine cannot run it (the tests skip)
@@ -432,7 +431,6 @@ std::vector<double> LinearReference(const std::vector<float>& x, int64_t m,
   }
   return y;
 }
-
 
 TEST_P(BackendOps, LinearEveryDTypeAndRowCount) {
   std::mt19937 rng(3);
