@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/sample_rows.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_plan.h"
 
@@ -298,18 +299,23 @@ class CudaBackend final : public Backend {
     Note(cuda::LaunchMoeCombine(combined, offsets, list, n, hidden, routed, stream_), "MoeCombine");
   }
 
-  // ---- sampling: greedy rows on the device; other settings need the sampler's transforms, which
-  // no backend implements yet (kernels/cpu has no sample_rows.h to reuse).
+  // ---- sampling: plain greedy steps on the device (argmax, one int per row back); any other
+  // settings copy the logits rows to the host and run the CPU backend's SampleRows
+  // (kernels/cpu/sample_rows.h, the Sampler's own row code), so the choices are the Sampler's.
   absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                           std::span<const SamplingRow> settings, int32_t* tokens) override {
+    bool all_greedy = true;
     for (int64_t r = 0; r < rows; ++r) {
       const SamplingRow& s = settings[r];
       const bool plain = s.repetition_penalty == 1.0f && s.frequency_penalty == 0.0f &&
                          s.presence_penalty == 0.0f && s.banned.empty() && s.bias_ids.empty();
-      if (s.temperature >= 1e-5f || !plain) {
-        return absl::UnimplementedError(absl::StrCat(
-            "SampleRows: row ", r, " is not plain greedy; the CUDA backend samples greedy only"));
-      }
+      all_greedy = all_greedy && s.temperature < 1e-5f && plain;
+    }
+    if (!all_greedy) {
+      host_logits_.resize(static_cast<size_t>(rows * vocab));
+      CopyToHost(logits, host_logits_.data(), host_logits_.size() * sizeof(float));
+      if (absl::Status st = Synchronize(); !st.ok()) return st;
+      return cpu::SampleRows(host_logits_.data(), rows, vocab, settings, tokens);
     }
     if (rows == 0) return absl::OkStatus();
     int32_t* out = static_cast<int32_t*>(Scratch(2 * rows * sizeof(int32_t)));
@@ -533,6 +539,7 @@ class CudaBackend final : public Backend {
   std::atomic<int64_t> allocations_{0};
   // Host staging reused across ops.
   std::vector<int32_t> host_ids_, host_owner_, host_pairs_, host_offsets_;
+  std::vector<float> host_logits_;
   cuda::DispatchPlan dispatch_plan_;
 };
 
