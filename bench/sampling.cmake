@@ -1,4 +1,4 @@
 # Sampling benchmark (bench/sampling_bench.cc); included from bench/CMakeLists.txt.
 add_executable(sampling_bench ${CMAKE_CURRENT_LIST_DIR}/sampling_bench.cc)
 target_link_libraries(sampling_bench PRIVATE nextserve_sampling nextserve_sampling_reference
-                      benchmark::benchmark)
+                      nextserve_kernels_cpu benchmark::benchmark)

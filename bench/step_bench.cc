@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/timed_backend.h"
 #include "cli/flags.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "model/qwen3_next.h"
 #include "model/weights.h"
 #include "tools/random_checkpoint.h"
@@ -62,7 +63,7 @@ struct DecodeFigure {
 
 int Main(int argc, char** argv) {
   std::string model_dir, threads_list = "1,2", batches_list = "1,2,4,8,16,32",
-                         prefill_list = "128,512", kv_dtype = "f32";
+                         prefill_list = "128,512", kv_dtype = "f32", compute = "f32";
   int64_t decode = 16, context = 32, reps = 3;
   bool show_ops = false;
   cli::Flags flags(
@@ -76,6 +77,7 @@ int Main(int argc, char** argv) {
   flags.Int("context", &context, "prompt tokens of each decoding sequence (default 32)");
   flags.Int("reps", &reps, "repetitions; the best is reported (default 3)");
   flags.String("kv-dtype", &kv_dtype, "KV cache dtype: f32 (default) or bf16");
+  flags.String("compute", &compute, "bf16-weight matrix products: f32 (default) or bf16");
   flags.Bool("ops", &show_ops, "print the time per op of the smallest and largest batch");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return cli::Flags::Report(s, flags);
   if (model_dir.empty()) {
@@ -88,6 +90,8 @@ int Main(int argc, char** argv) {
       }
     }
   }
+  kernels::cpu::SetLinearCompute(compute == "bf16" ? kernels::cpu::Compute::kBF16
+                                                   : kernels::cpu::Compute::kF32);
   auto weights = ModelWeights::Load(model_dir);
   if (!weights.ok()) {
     std::fprintf(stderr, "error: %s\n", weights.status().ToString().c_str());
@@ -104,9 +108,9 @@ int Main(int argc, char** argv) {
   int64_t reserve = most * context;
   for (int64_t p : prefills) reserve = std::max(reserve, p);
   model.ReserveWorkspace(reserve);
-  std::printf("model %s: hidden %ld, %ld layers, %ld experts top-%ld, KV %s\n", model_dir.c_str(),
-              c.hidden_size, c.num_hidden_layers, c.num_experts, c.num_experts_per_tok,
-              kv_dtype.c_str());
+  std::printf("model %s: hidden %ld, %ld layers, %ld experts top-%ld, KV %s, compute %s\n",
+              model_dir.c_str(), c.hidden_size, c.num_hidden_layers, c.num_experts,
+              c.num_experts_per_tok, kv_dtype.c_str(), compute.c_str());
 
   for (int64_t threads : ParseList(threads_list)) {
     omp_set_num_threads(static_cast<int>(threads));

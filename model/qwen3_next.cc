@@ -268,7 +268,8 @@ absl::StatusOr<std::vector<float>> Qwen3NextModel::Forward(std::span<const Seque
 }
 
 absl::StatusOr<std::span<const float>> Qwen3NextModel::Step(std::span<const SequenceInput> batch,
-                                                            ForwardProfile* profile) {
+                                                            ForwardProfile* profile,
+                                                            bool logits_on_host) {
   if (!expert_parallel_ok_) {
     return absl::FailedPreconditionError(
         "this model holds only a slice of the routed experts but has no communicator to reach the "
@@ -286,6 +287,7 @@ absl::StatusOr<std::span<const float>> Qwen3NextModel::Step(std::span<const Sequ
   if (auto s = Execute(*meta, step); !s.ok()) return s;
   ModelRunner::Advance(batch);
   const size_t count = static_cast<size_t>(meta->num_logit_rows) * config().vocab_size;
+  if (!logits_on_host) return std::span<const float>(workspace_->t.logits, count);
   // Grown only: resize() would zero-fill what it adds, once; later steps only copy.
   if (host_logits_.size() < count) host_logits_.resize(count);
   // A step of only non-final prompt chunks has no logit rows (and, first, no host buffer yet).

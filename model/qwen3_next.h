@@ -65,8 +65,12 @@ class Qwen3NextModel {
                                              ForwardProfile* profile = nullptr);
   // The same, with the logits in a host buffer the model keeps and reuses: valid until the next
   // call. Serving steps use this (no per-step allocation of rows x vocab floats).
+  // With logits_on_host false the span is in backend memory (the workspace), for a backend op
+  // such as SampleRows to read without a copy; also valid until the next call.
   absl::StatusOr<std::span<const float>> Step(std::span<const SequenceInput> batch,
-                                              ForwardProfile* profile = nullptr);
+                                              ForwardProfile* profile = nullptr,
+                                              bool logits_on_host = true);
+  kernels::Backend& backend() const { return *backend_; }
   // Sizes the workspace for steps of up to `tokens` new tokens (and the records the other ranks
   // may send for theirs), so that serving steps allocate nothing. Optional: it grows on demand.
   void ReserveWorkspace(int64_t tokens);
@@ -86,7 +90,7 @@ class Qwen3NextModel {
   CachePool pool_;
   ModelRunner runner_;
   std::unique_ptr<Workspace> workspace_;
-  std::vector<float> host_logits_;  // Step's result, reused
+  std::vector<float> host_logits_;                // Step's result, reused
   std::unique_ptr<comm::Communicator> own_comm_;  // the group of one, when none is given
   comm::Communicator* comm_;
   ExpertPlacement placement_;

@@ -146,9 +146,12 @@ int64_t CountKeptAtLeast(const float* x, int64_t n, Cut cut, float v) {
   return count;
 }
 
-void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* out) {
-  std::vector<int32_t> seen;  // every i that was >= the running threshold when visited
-  std::vector<float> heap;    // min-heap of the k largest values so far
+void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* out,
+                  TopKScratch* scratch) {
+  std::vector<int32_t>& seen = scratch->seen;  // every i that was >= the running threshold
+  std::vector<float>& heap = scratch->heap;    // min-heap of the k largest values so far
+  seen.clear();
+  heap.clear();
   heap.reserve(k);
   float threshold = -kInf;  // k-th largest so far once the heap is full
   auto visit = [&](int64_t i) {

@@ -72,10 +72,21 @@ int64_t PickInCut(const float* x, const float* e, int64_t n, Cut cut, const doub
 // Number of kept tokens whose logit is >= v.
 int64_t CountKeptAtLeast(const float* x, int64_t n, Cut cut, float v);
 
+// Working memory of TopKWithTies, kept by callers that must not allocate per row.
+struct TopKScratch {
+  std::vector<int32_t> seen;
+  std::vector<float> heap;
+};
+
 // Appends every i with x[i] >= the k-th largest value (ties at the k-th included) and x[i] > -inf,
 // in no particular order. k >= 1. One pass with a size-k heap; blocks below the running threshold
 // are skipped after a vectorised test.
-void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* out);
+void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* out,
+                  TopKScratch* scratch);
+inline void TopKWithTies(const float* x, int64_t n, int64_t k, std::vector<int32_t>* out) {
+  TopKScratch scratch;
+  TopKWithTies(x, n, k, out, &scratch);
+}
 
 // Total weight e and number of the tokens with x[i] >= threshold (vectorised).
 struct Mass {

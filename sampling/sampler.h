@@ -38,6 +38,10 @@
 // exp pass, a bisection on the logit with vectorised mass passes, and a weighted quickselect in
 // the small band that holds the boundary (bench/sampling_bench.cc gives figures).
 //
+// The steps themselves live in sampling/row_step.h (SampleRow on flat kernels::SamplingRow
+// settings), shared with the batched kernels::cpu::SampleRows; a Sampler adds the request's
+// history and the logprobs.
+//
 // Not thread-safe per object; different Samplers may run on different threads at once (scratch
 // memory is per thread).
 #pragma once
@@ -46,10 +50,10 @@
 #include <span>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "kernels/sampling.h"
 #include "sampling/params.h"
+#include "sampling/row_settings.h"
 
 namespace nextserve::sampling {
 
@@ -89,24 +93,27 @@ class Sampler {
   // recording anything. For tests and debugging.
   absl::StatusOr<std::vector<float>> Probabilities(std::span<const float> logits) const;
 
-  bool IsStop(int32_t token) const;
+  // For sampling many requests in one batched op (kernels::cpu::SampleRows, Backend::SampleRows):
+  // this step's settings, for which the op picks the token Sample would, then Record(token) in
+  // place of Sample. Row() views this Sampler's memory: valid until the next Sample or Record, or
+  // until the Sampler moves. Record returns IsStop(token); InvalidArgument for a token outside
+  // the vocabulary.
+  kernels::SamplingRow Row() const { return RowSettings(params_, seed_, history_); }
+  absl::StatusOr<bool> Record(int32_t token);
+
+  bool IsStop(int32_t token) const { return history_.IsStop(token); }
   const SamplingParams& params() const { return params_; }
   uint64_t seed() const { return seed_; }
-  int64_t num_generated() const { return num_generated_; }
+  int64_t num_generated() const { return history_.num_generated(); }
 
  private:
-  struct Step;  // one step's processed row and kept set (sampler.cc)
-
   Sampler() = default;
-  absl::StatusOr<Step> Prepare(std::span<const float> logits, bool want_logprobs) const;
+  absl::Status CheckSize(std::span<const float> logits) const;
 
   SamplingParams params_;
   int64_t vocab_size_ = 0;
   uint64_t seed_ = 0;
-  int64_t num_generated_ = 0;
-  std::vector<int32_t> stop_ids_;                 // sorted, unique; eos included unless ignore_eos
-  absl::flat_hash_set<int32_t> seen_;             // prompt + output, for repetition_penalty
-  absl::flat_hash_map<int32_t, int32_t> counts_;  // output counts, for presence/frequency
+  RowHistory history_;  // stop ids (eos included unless ignore_eos), seen ids, output counts
 };
 
 }  // namespace nextserve::sampling

@@ -256,7 +256,11 @@ void Engine::Step() {
         w.request->out->Push(std::move(first));
       }
     }
-    auto logits = model_.Step(batch, options_.metrics ? &profile : nullptr);
+    // Requests that want logprobs take the host sampler (it computes them); a step without any
+    // samples every row with one backend op on the logits where the backend left them.
+    bool host_sampling = false;
+    for (const ScheduledWork& w : work) host_sampling |= w.samples && w.request->want_logprobs;
+    auto logits = model_.Step(batch, options_.metrics ? &profile : nullptr, host_sampling);
     if (!logits.ok() && grouped_ &&
         (absl::IsDeadlineExceeded(logits.status()) || absl::IsUnavailable(logits.status()) ||
          absl::IsDataLoss(logits.status()))) {
@@ -274,12 +278,47 @@ void Engine::Step() {
     } else {
       scheduler_.Commit(work);
       const int64_t vocab = model_.config().vocab_size;
-      int64_t row = 0;
       std::vector<std::string> done;
+      // One sampled token (or the error) per sampling request, in batch order.
+      sample_rows_.clear();
+      sampled_.clear();
+      absl::Status batch_error;
+      if (!host_sampling) {
+        for (const ScheduledWork& w : work) {
+          if (w.samples) sample_rows_.push_back(w.request->sampler.Row());
+        }
+        sampled_.resize(sample_rows_.size());
+        batch_error =
+            model_.backend().SampleRows(logits->data(), static_cast<int64_t>(sample_rows_.size()),
+                                        vocab, sample_rows_, sampled_.data());
+      }
+      // A bad row (NaN logits, say) fails the op for the whole step: then every request samples
+      // its own row on the host, so that only the bad one ends with the error. (Rare: a copy.)
+      std::vector<float> host_copy;
+      if (!batch_error.ok()) {
+        host_copy.resize(logits->size());
+        model_.backend().CopyToHost(logits->data(), host_copy.data(),
+                                    host_copy.size() * sizeof(float));
+        logits = std::span<const float>(host_copy);
+        host_sampling = true;
+      }
+      int64_t row = 0;
       for (const ScheduledWork& w : work) {
         if (!w.samples) continue;
         Request& r = *w.request;
-        auto sample = r.sampler.Sample(std::span<const float>(logits->data() + row * vocab, vocab));
+        absl::StatusOr<sampling::SampleResult> sample;
+        if (host_sampling) {
+          sample = r.sampler.Sample(std::span<const float>(logits->data() + row * vocab, vocab));
+        } else {
+          auto stop = r.sampler.Record(sampled_[row]);
+          if (stop.ok()) {
+            sample = sampling::SampleResult{};
+            sample->token = sampled_[row];
+            sample->stop = *stop;
+          } else {
+            sample = stop.status();
+          }
+        }
         ++row;
         if (!sample.ok()) {
           Finish(&r, Finish::kError, std::string(sample.status().message()));

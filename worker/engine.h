@@ -87,7 +87,9 @@ class Engine {
   Qwen3NextModel model_;
   EngineOptions options_;
   int64_t max_context_;
-  Scheduler scheduler_;  // engine thread only
+  Scheduler scheduler_;                            // engine thread only
+  std::vector<kernels::SamplingRow> sample_rows_;  // engine thread: a step's row settings
+  std::vector<int32_t> sampled_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

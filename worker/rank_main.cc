@@ -17,6 +17,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "metrics/prometheus.h"
 #include "metrics/serving.h"
 #include "model/expert_placement.h"
@@ -27,7 +28,7 @@
 
 int main(int argc, char** argv) {
   std::string model_dir, host = "127.0.0.1", placement_file, model_name, kv_dtype_name = "f32",
-                         dispatch_dtype_name = "f32";
+                         dispatch_dtype_name = "f32", compute = "f32";
   int64_t metrics_port = -1;
   bool metrics_per_expert = false, no_prefix_cache = false;
   int64_t snapshot_every = 512, snapshot_budget = 16;
@@ -58,6 +59,11 @@ int main(int argc, char** argv) {
       "snapshot-budget", &snapshot_budget,
       "state snapshots the prefix cache keeps, LRU (default 16; each costs one state slot + one "
       "KV block: ~77 MiB on the 80B model)");
+  flags.String("compute", &compute,
+               "CPU matrix products for bf16 weights: f32 (default: exact, and a request's tokens "
+               "do not depend on what else is in the batch) or bf16 (AVX512-BF16 where the CPU "
+               "has it: faster, but rounding then depends on the batch's row count) or auto (bf16 "
+               "where available)");
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
   flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
   flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
@@ -106,6 +112,16 @@ int main(int argc, char** argv) {
             !kv_dtype ? kv_dtype_name : dispatch_dtype_name, "': expected f32 or bf16")),
         flags);
   }
+  if (compute != "auto" && compute != "bf16" && compute != "f32") {
+    return nextserve::cli::Flags::Report(
+        absl::InvalidArgumentError(
+            absl::StrCat("--compute '", compute, "': expected auto, bf16 or f32")),
+        flags);
+  }
+  // bf16 without the instructions runs as f32 (the kernels check the CPU at run time).
+  nextserve::kernels::cpu::SetLinearCompute(compute == "f32"
+                                                ? nextserve::kernels::cpu::Compute::kF32
+                                                : nextserve::kernels::cpu::Compute::kBF16);
   if (metrics_port < -1 || metrics_port > 65535) {
     return nextserve::cli::Flags::Report(
         absl::InvalidArgumentError("--metrics-port must be in [-1, 65535]"), flags);

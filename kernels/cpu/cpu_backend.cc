@@ -10,6 +10,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/sample_rows.h"
 
 namespace nextserve::kernels {
 namespace {
@@ -191,7 +192,7 @@ class CpuBackend final : public Backend {
 
   absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                           std::span<const SamplingRow> settings, int32_t* tokens) override {
-    return absl::UnimplementedError("SampleRows: not yet on the CPU backend");
+    return cpu::SampleRows(logits, rows, vocab, settings, tokens);
   }
 
  private:

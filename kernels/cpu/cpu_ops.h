@@ -1,6 +1,7 @@
 // Free functions behind the CPU backend, one file per op family. Host pointers, fp32 activations.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 
 #include "kernels/backend.h"
@@ -20,11 +21,28 @@ struct PagedKv {
 
 namespace nextserve::kernels::cpu {
 
+// How Linear multiplies bf16 weights. kF32: widened to fp32, fp32 activations (exact; what the
+// golden tests use). kBF16: activations rounded to bf16 once per call, bf16 products with fp32
+// accumulation (each product off by at most 2^-9 relative, the activation's rounding), used only
+// where the CPU has AVX512-BF16 (CpuHasBf16Dot); elsewhere, and for fp32 / fp16 / FP8 weights,
+// Linear stays on the fp32 path. A process-wide setting, kF32 by default.
+enum class Compute { kF32, kBF16 };
+void SetLinearCompute(Compute compute);
+Compute LinearCompute();
+// AVX512-BF16 present (as the CPU and oneDNN, honouring DNNL_MAX_CPU_ISA, both report).
+bool CpuHasBf16Dot();
+// Whether Linear takes a bf16-compute path for w now.
+bool UsesBf16Compute(const Matrix& w);
+
 void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // Matrix-vector path for few rows (decode): reads the weights once in their stored dtype.
 void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // GEMM path: oneDNN sgemm, converting non-fp32 weights tile by tile.
 void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+// bf16 compute, bf16 weights only, CpuHasBf16Dot() required. Few rows: AVX512-BF16 dot products
+// reading the weights once for up to 8 rows; GEMM: oneDNN's bf16 matmul on the weights in place.
+void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
+void LinearGemmBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // FP8 only: rows [row0, row0 + rows) of w, dequantised (fp8 * block scale) into out [rows, cols].
 void DequantizeFp8Rows(const Matrix& w, int64_t row0, int64_t rows, float* out);
 
@@ -74,11 +92,34 @@ void DeltaRuleReference(const float* conv_out, const float* g, const float* beta
                         const DeltaNetShape& s, float* state, float* out);
 void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 
-inline float Silu(float x) {
-  return x / (1.0f + __builtin_expf(-x));
+// exp(x) for x <= 0: Cephes expf's range reduction and polynomial with 2^n from exponent bits,
+// ~1 ulp; below -87 it returns exp(-87) (1.6e-38), which no caller can tell from 0. No branches or
+// selects, so the element-wise loops that call Sigmoid / Silu vectorise (libm's expf does not
+// without -ffast-math, and was most of the time of the conv, gate and SiLU passes).
+inline float ExpNonPositive(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
+  const float n = (xc * 1.44269504088896341f + kRound) - kRound;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
 }
+// 1 / (1 + e^-x) from e = e^-|x|, which never overflows: 1 / (1 + e) for x >= 0, e / (1 + e)
+// below, chosen arithmetically (pos is 1 or 0) so that the loops stay branch-free.
 inline float Sigmoid(float x) {
-  return 1.0f / (1.0f + __builtin_expf(-x));
+  const float e = ExpNonPositive(-__builtin_fabsf(x));
+  const float pos = static_cast<float>(x >= 0.0f);
+  return (pos + (1.0f - pos) * e) / (1.0f + e);
+}
+inline float Silu(float x) {
+  return x * Sigmoid(x);
 }
 
 }  // namespace nextserve::kernels::cpu

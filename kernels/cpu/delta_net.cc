@@ -47,7 +47,8 @@ void RecurrentHead(const float* qn, const float* kn, const float* conv_out, cons
                    float* out) {
   const int64_t dk = s.key_head_dim, dv = s.value_head_dim, nk = s.num_key_heads,
                 nv = s.num_value_heads, kh = h / (nv / nk), cd = s.conv_dim();
-  std::vector<float> m(static_cast<size_t>(dv));
+  static thread_local std::vector<float> m;
+  m.resize(static_cast<size_t>(dv));
   for (int64_t i = 0; i < t; ++i) {
     const float* q = qn + (i * nk + kh) * dk;
     const float* k = kn + (i * nk + kh) * dk;
@@ -61,6 +62,37 @@ void RecurrentHead(const float* qn, const float* kn, const float* conv_out, cons
     float* o = out + (i * nv + h) * dv;
     std::fill(o, o + dv, 0.0f);
     for (int64_t r = 0; r < dk; ++r) Axpy(q[r], S + r * dv, o, dv);
+  }
+}
+
+// The same recurrence in two passes over the state per token (the state is 64 KiB per head, so a
+// decode token is bound by reading and writing it): m = a kᵀS is read first, then S = a S + k mᵀ
+// and o = qᵀS are written and read in the same pass. Equal to RecurrentHead up to rounding.
+void FusedRecurrentHead(const float* qn, const float* kn, const float* conv_out, const float* g,
+                        const float* beta, int64_t t, const DeltaNetShape& s, int64_t h, float* S,
+                        float* out) {
+  const int64_t dk = s.key_head_dim, dv = s.value_head_dim, nk = s.num_key_heads,
+                nv = s.num_value_heads, kh = h / (nv / nk), cd = s.conv_dim();
+  static thread_local std::vector<float> m;
+  m.resize(static_cast<size_t>(dv));
+  for (int64_t i = 0; i < t; ++i) {
+    const float* q = qn + (i * nk + kh) * dk;
+    const float* k = kn + (i * nk + kh) * dk;
+    const float* v = conv_out + i * cd + 2 * s.key_dim() + h * dv;
+    const float a = std::exp(g[i * nv + h]), b = beta[i * nv + h];
+    std::fill(m.begin(), m.end(), 0.0f);
+    for (int64_t r = 0; r < dk; ++r) Axpy(k[r], S + r * dv, m.data(), dv);
+    for (int64_t c = 0; c < dv; ++c) m[c] = b * (v[c] - a * m[c]);
+    float* o = out + (i * nv + h) * dv;
+    std::fill(o, o + dv, 0.0f);
+    for (int64_t r = 0; r < dk; ++r) {
+      float* row = S + r * dv;
+      const float kr = k[r], qr = q[r];
+      for (int64_t c = 0; c < dv; ++c) {
+        row[c] = a * row[c] + kr * m[c];
+        o[c] += qr * row[c];
+      }
+    }
   }
 }
 
@@ -212,6 +244,13 @@ void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s
                     const StateLayer& state, float* y) {
   const int64_t channels = s.conv_dim(), kernel = s.conv_kernel, hist = kernel - 1;
   const int32_t* cu = step.cu_seqlens_q;
+  // Taps as [kernel][channels], so that the channel loops below run over contiguous memory.
+  static thread_local std::vector<float> taps;
+  taps.resize(static_cast<size_t>(kernel * channels));
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t j = 0; j < kernel; ++j) taps[j * channels + c] = w[c * kernel + j];
+  }
+  const float* tap = taps.data();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < step.num_tokens; ++i) {
     const int64_t sq =
@@ -223,7 +262,8 @@ void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s
     for (int64_t j = 0; j < kernel; ++j) {
       const int64_t p = r + j;  // input row p of this sequence's window
       const float* src = p < hist ? window + p * channels : x + (first + p - hist) * channels;
-      for (int64_t c = 0; c < channels; ++c) out[c] += w[c * kernel + j] * src[c];
+      const float* wj = tap + j * channels;
+      for (int64_t c = 0; c < channels; ++c) out[c] += wj[c] * src[c];
     }
     for (int64_t c = 0; c < channels; ++c) out[c] = Silu(out[c]);
   }
@@ -266,8 +306,8 @@ void DeltaRule(const float* conv_out, const float* g, const float* beta, const S
       ChunkedHead(qs, ks, conv_out + row * cd, g + row * nv, beta + row * nv, t, s, h, S,
                   out + row * nv * dv);
     } else {
-      RecurrentHead(qs, ks, conv_out + row * cd, g + row * nv, beta + row * nv, t, s, h, S,
-                    out + row * nv * dv);
+      FusedRecurrentHead(qs, ks, conv_out + row * cd, g + row * nv, beta + row * nv, t, s, h, S,
+                         out + row * nv * dv);
     }
   }
 }

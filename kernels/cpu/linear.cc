@@ -3,6 +3,7 @@
 // per-thread scratch so that the stored dtype stays the only copy in memory. Block-scaled FP8
 // (E4M3 + a 128x128 block scale) takes the same two paths: the few-rows kernel sums each
 // 128-column block and scales it once, the GEMM path dequantises 128-row tiles (one block row).
+// bf16 weights under bf16 compute (SetLinearCompute) take linear_bf16.cc's paths instead.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -17,8 +18,9 @@
 namespace nextserve::kernels::cpu {
 namespace {
 
-constexpr int64_t kFewRowsMax = 8;  // up to here the weight-streaming kernel wins (bench/)
-constexpr int64_t kTileRows = 128;  // weight rows widened at a time on the GEMM path
+constexpr int64_t kFewRowsMax = 8;      // up to here the weight-streaming kernel wins (bench/)
+constexpr int64_t kBf16FewRowsMax = 8;  // bf16 compute: the vdpbf16ps kernel below, matmul above
+constexpr int64_t kTileRows = 128;      // weight rows widened at a time on the GEMM path
 static_assert(kTileRows % kFp8Block == 0, "an FP8 tile must cover whole block rows");
 
 template <DType D>
@@ -259,6 +261,14 @@ void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accum
 
 void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
   if (m <= 0 || w.rows == 0) return;
+  if (UsesBf16Compute(w)) {
+    if (m <= kBf16FewRowsMax) {
+      LinearFewRowsBf16(x, m, w, y, accumulate);
+    } else {
+      LinearGemmBf16(x, m, w, y, accumulate);
+    }
+    return;
+  }
   if (m <= kFewRowsMax) {
     LinearFewRows(x, m, w, y, accumulate);
   } else {
