@@ -415,6 +415,18 @@ TEST_P(BackendOps, FillWritesExactlyN) {
   EXPECT_TRUE(Same("Fill", Download<float>(d, v.size()), want));
 }
 
+TEST_P(BackendOps, CopyMovesExactlyTheBytesBetweenBuffers) {
+  std::mt19937 rng(3);
+  const auto src = Normal(rng, 41), dst = Normal(rng, 41);
+  float* s = Upload(src);
+  float* d = Upload(dst);
+  RunOp("Copy", [&] { b().Copy(s + 2, d + 5, 29 * sizeof(float)); });
+  auto want = dst;
+  std::copy(src.begin() + 2, src.begin() + 31, want.begin() + 5);
+  EXPECT_TRUE(Same("Copy", Download<float>(d, dst.size()), want));
+  EXPECT_TRUE(Same("Copy source", Download<float>(s, src.size()), src));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dense algebra.
 
