@@ -61,14 +61,17 @@ class CpuBackend final : public Backend {
   }
   int64_t allocations() const override { return allocations_.load(std::memory_order_relaxed); }
   absl::Status Synchronize() override { return absl::OkStatus(); }  // every op ran at once
+  // Zero bytes may come with null pointers (an empty step, an empty host vector): no copy.
   void CopyToHost(const void* src, void* dst, size_t bytes) override {
-    std::memcpy(dst, src, bytes);
+    if (bytes > 0) std::memcpy(dst, src, bytes);
   }
   void CopyFromHost(const void* src, void* dst, size_t bytes) override {
-    std::memcpy(dst, src, bytes);
+    if (bytes > 0) std::memcpy(dst, src, bytes);
   }
   void Fill(float* dst, float value, int64_t n) override { std::fill(dst, dst + n, value); }
-  void Copy(const void* src, void* dst, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void Copy(const void* src, void* dst, size_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, src, bytes);
+  }
 
   void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) override {
     cpu::Linear(x, m, w, y, accumulate);
