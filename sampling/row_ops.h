@@ -10,6 +10,8 @@
 #include <span>
 #include <vector>
 
+#include "base/fast_exp.h"
+
 namespace nextserve::sampling::internal {
 
 inline constexpr int64_t kBlock = 1024;  // tokens per partial sum (151,936 → 149 blocks)
@@ -18,25 +20,7 @@ inline int64_t NumBlocks(int64_t n) {
   return (n + kBlock - 1) / kBlock;
 }
 
-// exp(x) for x <= 0 (the argument is always (logit - max) / T). Cephes expf's range reduction and
-// polynomial with 2^n built from exponent bits: ~1 ulp, exactly 1 at 0, and 0 below -87 (where the
-// true value is < 2e-38), -inf included. Branch-free, so loops over it vectorise.
-inline float ExpNonPositive(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
-  const float n = (xc * 1.44269504088896341f + kRound) - kRound;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  return x < -87.0f ? 0.0f : p * scale;
-}
+using ::nextserve::ExpNonPositive;  // base/fast_exp.h: exp(x) for x <= 0, vectorisable
 
 struct RowMax {
   float max;          // -inf when every entry is -inf

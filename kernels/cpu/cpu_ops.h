@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstdint>
 
+#include "base/fast_exp.h"
 #include "kernels/backend.h"
 
 namespace nextserve::kernels {
@@ -92,27 +93,8 @@ void DeltaRuleReference(const float* conv_out, const float* g, const float* beta
                         const DeltaNetShape& s, float* state, float* out);
 void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 
-// exp(x) for x <= 0: Cephes expf's range reduction and polynomial with 2^n from exponent bits,
-// ~1 ulp; below -87 it returns exp(-87) (1.6e-38), which no caller can tell from 0. No branches or
-// selects, so the element-wise loops that call Sigmoid / Silu vectorise (libm's expf does not
-// without -ffast-math, and was most of the time of the conv, gate and SiLU passes).
-inline float ExpNonPositive(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
-  const float n = (xc * 1.44269504088896341f + kRound) - kRound;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-}
-// 1 / (1 + e^-x) from e = e^-|x|, which never overflows: 1 / (1 + e) for x >= 0, e / (1 + e)
-// below, chosen arithmetically (pos is 1 or 0) so that the loops stay branch-free.
+// 1 / (1 + e^-x) from e = e^-|x| (base/fast_exp.h), which never overflows: 1 / (1 + e) for x >= 0,
+// e / (1 + e) below, chosen arithmetically (pos is 1 or 0) so that the loops stay branch-free.
 inline float Sigmoid(float x) {
   const float e = ExpNonPositive(-__builtin_fabsf(x));
   const float pos = static_cast<float>(x >= 0.0f);
