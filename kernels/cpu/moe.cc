@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/moe_plan.h"
 
 namespace nextserve::kernels::cpu {
 namespace {
@@ -114,31 +115,18 @@ absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFo
                               int64_t experts, const bool* held, float* xs, int32_t* pair_of,
                               int64_t* expert_offsets) {
   const int64_t k = f.top_k;
-  std::fill(expert_offsets, expert_offsets + experts + 1, 0);
+  // The records' slot ids side by side, for the shared map (kernels/moe_plan.h).
+  static thread_local std::vector<int32_t> slot_ids;
+  slot_ids.resize(static_cast<size_t>(count * k));
   for (int64_t r = 0; r < count; ++r) {
     const int32_t* ids = Record(records, f, r).ids();
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = ids[j];
-      if (e == -1) continue;  // an empty slot
-      if (e < 0 || e >= experts) {
-        return absl::DataLossError(
-            absl::StrCat("received a token for expert ", e, ", outside [0, ", experts, ")"));
-      }
-      if (!held[e]) {
-        return absl::DataLossError(
-            absl::StrCat("received a token for expert ", e, ", which this rank does not hold"));
-      }
-      ++expert_offsets[e + 1];
-    }
+    std::copy(ids, ids + k, slot_ids.begin() + r * k);
   }
-  for (int64_t e = 0; e < experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
-  static thread_local std::vector<int64_t> cursor;
-  cursor.assign(expert_offsets, expert_offsets + experts);
-  for (int64_t r = 0; r < count; ++r) {
-    const int32_t* ids = Record(records, f, r).ids();
-    for (int64_t j = 0; j < k; ++j) {
-      pair_of[r * k + j] = ids[j] == -1 ? -1 : static_cast<int32_t>(cursor[ids[j]]++);
-    }
+  if (absl::Status s = PlanGroupByExpert(slot_ids, count, k, experts, held,
+                                         std::span<int32_t>(pair_of, slot_ids.size()),
+                                         std::span<int64_t>(expert_offsets, experts + 1));
+      !s.ok()) {
+    return s;
   }
 #pragma omp parallel for schedule(static) if (count > 4)
   for (int64_t r = 0; r < count; ++r) {

@@ -50,32 +50,6 @@ absl::Status PlanDispatch(std::span<const int32_t> ids, int64_t n, int64_t top_k
   return absl::OkStatus();
 }
 
-absl::Status PlanGroupByExpert(std::span<const int32_t> slot_ids, int64_t records, int64_t top_k,
-                               int64_t experts, const bool* held, std::span<int32_t> pair_of,
-                               std::span<int64_t> expert_offsets) {
-  std::fill(expert_offsets.begin(), expert_offsets.begin() + experts + 1, 0);
-  for (int64_t i = 0; i < records * top_k; ++i) {
-    const int32_t e = slot_ids[i];
-    if (e == -1) continue;  // an empty slot
-    if (e < 0 || e >= experts) {
-      return absl::DataLossError(
-          absl::StrCat("received a token for expert ", e, ", outside [0, ", experts, ")"));
-    }
-    if (!held[e]) {
-      return absl::DataLossError(
-          absl::StrCat("received a token for expert ", e, ", which this rank does not hold"));
-    }
-    ++expert_offsets[e + 1];
-  }
-  for (int64_t e = 0; e < experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
-  std::vector<int64_t> cursor(expert_offsets.begin(), expert_offsets.begin() + experts);
-  for (int64_t i = 0; i < records * top_k; ++i) {
-    const int32_t e = slot_ids[i];
-    pair_of[i] = e == -1 ? -1 : static_cast<int32_t>(cursor[e]++);
-  }
-  return absl::OkStatus();
-}
-
 absl::Status PlanRecordsByToken(std::span<const int32_t> token_of, int64_t n,
                                 std::vector<int32_t>& offsets, std::vector<int32_t>& record_list) {
   offsets.assign(static_cast<size_t>(n + 1), 0);

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "base/dtype.h"
+#include "kernels/moe_plan.h"
 
 namespace nextserve::kernels::cuda {
 
@@ -36,12 +37,8 @@ struct DispatchPlan {
 absl::Status PlanDispatch(std::span<const int32_t> ids, int64_t n, int64_t top_k,
                           std::span<const int32_t> owner, int ranks, DispatchPlan& plan);
 
-// MoeGroupByExpert: pair_of [records * top_k] (-1 for an empty slot) and expert_offsets
-// [experts + 1], pairs ascending by expert, records in order within an expert. DataLoss names an
-// id outside [0, experts) (other than -1) or one `held` does not hold.
-absl::Status PlanGroupByExpert(std::span<const int32_t> slot_ids, int64_t records, int64_t top_k,
-                               int64_t experts, const bool* held, std::span<int32_t> pair_of,
-                               std::span<int64_t> expert_offsets);
+// MoeGroupByExpert's map: kernels/moe_plan.h (shared with the CPU backend).
+using ::nextserve::kernels::PlanGroupByExpert;
 
 // MoeCombine: the records of each token in record order, as CSR: token i's records are
 // record_list[offsets[i] .. offsets[i + 1]). InvalidArgument names a token outside [0, n).
