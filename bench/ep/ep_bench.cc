@@ -45,6 +45,7 @@
 #include "comm/communicator.h"
 #include "comm/mpi_session.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "model/expert_placement.h"
 #include "model/qwen3_next.h"
 #include "model/weights.h"
@@ -189,6 +190,7 @@ struct Options {
   std::string batches = "1,2,4";
   bool split_wait = false;
   std::string dispatch_dtype = "f32";
+  std::string compute = "auto";
   std::string baseline;  // "prefill_group_tps,decode_group_tps(b1),...,idle_cpu,ttft" of R = 1
 };
 
@@ -208,9 +210,18 @@ int Main(int argc, char** argv) {
   flags.String("baseline", &o.baseline, "the R = 1 run's baseline line, for ratios");
   flags.String("dispatch-dtype", &o.dispatch_dtype,
                "hidden rows of the dispatch records: f32 (default) or bf16");
+  flags.String("compute", &o.compute,
+               "matrix products for bf16 weights: auto (default: bf16 where the CPU has "
+               "AVX512-BF16, as the rank), bf16 or f32");
   flags.Bool("split-wait", &o.split_wait,
              "barrier before each exchange call, timed apart: wait for peers vs transfer");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return cli::Flags::Report(s, flags);
+  if (o.compute != "auto" && o.compute != "bf16" && o.compute != "f32") {
+    return cli::Flags::Report(absl::InvalidArgumentError("--compute: expected auto, bf16 or f32"),
+                              flags);
+  }
+  kernels::cpu::SetLinearCompute(o.compute == "f32" ? kernels::cpu::Compute::kF32
+                                                    : kernels::cpu::Compute::kBF16);
 
   auto session_or = comm::MpiSession::Start();
   Check(session_or.status(), "MPI");
