@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "model/config.h"
 #include "model/expert_placement.h"
 #include "model/npy.h"
@@ -40,7 +41,7 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string dir, prompt_ids, logits_out, placement_file;
+  std::string dir, prompt_ids, logits_out, placement_file, compute = "f32";
   int64_t max_tokens = 16, threads = 0;
   bool ignore_eos = false, stats = false;
   nextserve::cli::Flags flags(kUsage);
@@ -53,12 +54,21 @@ int main(int argc, char** argv) {
   flags.String("expert-placement", &placement_file,
                "under mpirun: file with the rank of each routed expert (default: contiguous)");
   flags.Bool("stats", &stats, "print load and step timings to stderr");
+  flags.String("compute", &compute,
+               "matrix products for bf16 weights: f32 (default: exact, for comparing logits with "
+               "the reference), bf16 or auto (bf16 where the CPU has AVX512-BF16, as the rank)");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return nextserve::cli::Flags::Report(s, flags);
   if (!flags.positional().empty())
     return UsageError("unexpected argument '" + flags.positional()[0] + "'");
   if (dir.empty()) return UsageError("--model is required");
   if (prompt_ids.empty()) return UsageError("--prompt-ids is required");
   if (max_tokens < 1) return UsageError("--max-tokens must be at least 1");
+  if (compute != "f32" && compute != "bf16" && compute != "auto") {
+    return UsageError("--compute '" + compute + "': expected f32, bf16 or auto");
+  }
+  nextserve::kernels::cpu::SetLinearCompute(compute == "f32"
+                                                ? nextserve::kernels::cpu::Compute::kF32
+                                                : nextserve::kernels::cpu::Compute::kBF16);
   std::vector<int32_t> prompt;
   for (absl::string_view piece : absl::StrSplit(prompt_ids, ',')) {
     int32_t id;

@@ -1,20 +1,20 @@
 // bf16 compute for bf16 weights: the activation rows are rounded to bf16 once, then multiplied in
-// bf16 with fp32 accumulation. Few rows (decode): an AVX512-BF16 kernel (vdpbf16ps) that streams
-// the weights once for up to 8 rows. Many rows: oneDNN's bf16 matmul (brgemm on AVX512-BF16 or
-// AMX) on the stored [n, k] weights viewed in place as the transposed [k, n] operand.
+// bf16 with fp32 accumulation by AVX512-BF16 dot products (vdpbf16ps) on the stored [n, k]
+// weights. Few rows (decode): the weights are streamed once for up to 8 rows. Many rows: panels of
+// weight rows stay in L2 while every group of 8 rows passes over them. Both compute each output
+// the same way (see RowsTimesWeightPair), so results do not depend on the batch.
 // The AVX-512 code is compiled per function (target attributes) and only called after the run-time
 // check, so the library still runs on AVX2-only machines, where bf16 compute falls back to fp32.
 // GCC 12's _mm512_reduce_add_ps starts from _mm256_undefined_pd, which -Wmaybe-uninitialized
-// reports at every use (a false positive, fixed in later GCC).
+// (and -Wuninitialized) reports at every use (a false positive, fixed in later GCC).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <vector>
 
 #include "dnnl.hpp"
@@ -77,137 +77,241 @@ NEXTSERVE_TARGET_AVX512_BF16 inline __m512bh LoadBf16x32(__mmask32 mask, const v
   return reinterpret_cast<const __m512bh&>(v);
 }
 
-// R bf16 rows of x (row stride k) against every weight row, two weight rows at a time so that each
-// x vector loaded feeds two dot products; R <= 8 keeps the 2R accumulators in registers, so the
-// weights are read once for every m <= 8. The k tail (k % 32) is a masked load, zeros past k.
+// The lane sums of 16 accumulators at once: lane i of the result is a[i]'s lanes added in exactly
+// the order _mm512_reduce_add_ps adds them (GCC: halves, then quarters, then lanes (0,2) and (1,3),
+// then those two), so an output reduced with 15 others has the bits it has reduced alone. The
+// levels: 1) for slot pairs, lanes i + i+8 (two slots per vector); 2) + i+4 (four per vector);
+// 3) (0,2) and (1,3) within each quarter; 4) the last pair. Level 4 leaves slot 4u+t in lane 4t+u,
+// so the slots are fed transposed to come out in order.
+NEXTSERVE_TARGET_AVX512_BF16 inline __m512 ReduceAdd16(const __m512* a) {
+  __m512 l1[8], l2[4], l3[2];
+  // Fully unrolled so that the accumulators stay in registers (no variable index into them).
+#pragma GCC unroll 8
+  for (int p = 0; p < 8; ++p) {
+    const int s0 = 2 * p, s1 = 2 * p + 1;  // slot s holds a[4 (s % 4) + s / 4]
+    const __m512 lo = a[4 * (s0 % 4) + s0 / 4], hi = a[4 * (s1 % 4) + s1 / 4];
+    l1[p] = _mm512_add_ps(_mm512_shuffle_f32x4(lo, hi, 0x44), _mm512_shuffle_f32x4(lo, hi, 0xEE));
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    const __m512 lo = l1[2 * q], hi = l1[2 * q + 1];
+    l2[q] = _mm512_add_ps(_mm512_shuffle_f32x4(lo, hi, 0x88), _mm512_shuffle_f32x4(lo, hi, 0xDD));
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    const __m512d lo = _mm512_castps_pd(l2[2 * h]), hi = _mm512_castps_pd(l2[2 * h + 1]);
+    l3[h] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi)),
+                          _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Every output of bf16 compute is computed the same way, whatever the call's row count, the row's
+// place in it, the tiling or the thread count: a 16-lane fp32 accumulator takes vdpbf16ps of the
+// row's and the weight row's 32-element chunks in k order (the k tail masked to zeros), its lanes
+// are added in _mm512_reduce_add_ps's order, and the sum is stored or added to y once. So a
+// request's logits do not depend on what else is in the batch (batch invariance).
+//
+// R rows of x (row stride k) against weight rows w0 and w1 (w1 only if `two`), into y[r * n] and
+// y[r * n + 1]: each x vector loaded feeds two dot products; R <= 8 keeps the 2R accumulators in
+// registers, and at R = 8 they are exactly the 16 that ReduceAdd16 takes.
 template <int R>
-NEXTSERVE_TARGET_AVX512_BF16 void Bf16FewRowsKernel(const uint16_t* xb, const Matrix& w, float* y,
-                                                    bool accumulate) {
-  const int64_t n = w.rows, k = w.cols, k32 = k & ~int64_t{31};
+NEXTSERVE_TARGET_AVX512_BF16 inline void RowsTimesWeightPair(const uint16_t* xb, int64_t k,
+                                                             const char* w0, const char* w1,
+                                                             bool two, float* y, int64_t n,
+                                                             bool accumulate) {
+  const int64_t k32 = k & ~int64_t{31};
   const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (k - k32)) - 1);
-  const char* base = static_cast<const char*>(w.data);
-  const size_t row_bytes = static_cast<size_t>(k) * 2;
-#pragma omp parallel for schedule(static)
-  for (int64_t j0 = 0; j0 < n; j0 += 2) {
-    const bool two = j0 + 1 < n;
-    const char* w0 = base + static_cast<size_t>(j0) * row_bytes;
-    const char* w1 = two ? w0 + row_bytes : w0;
-    __m512 acc0[R], acc1[R];
-    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k32; i += 32) {
-      const __m512bh a = LoadBf16x32(w0 + 2 * i), b = LoadBf16x32(w1 + 2 * i);
-      for (int r = 0; r < R; ++r) {
-        const __m512bh xv = LoadBf16x32(xb + r * k + i);
-        acc0[r] = _mm512_dpbf16_ps(acc0[r], xv, a);
-        acc1[r] = _mm512_dpbf16_ps(acc1[r], xv, b);
-      }
-    }
-    if (tail) {
-      const __m512bh a = LoadBf16x32(tail, w0 + 2 * k32), b = LoadBf16x32(tail, w1 + 2 * k32);
-      for (int r = 0; r < R; ++r) {
-        const __m512bh xv = LoadBf16x32(tail, xb + r * k + k32);
-        acc0[r] = _mm512_dpbf16_ps(acc0[r], xv, a);
-        acc1[r] = _mm512_dpbf16_ps(acc1[r], xv, b);
-      }
-    }
+  __m512 acc[2 * R];
+  for (int i = 0; i < 2 * R; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k32; i += 32) {
+    const __m512bh a = LoadBf16x32(w0 + 2 * i), b = LoadBf16x32(w1 + 2 * i);
     for (int r = 0; r < R; ++r) {
-      float* out = y + r * n + j0;
-      const float s0 = _mm512_reduce_add_ps(acc0[r]);
-      out[0] = accumulate ? out[0] + s0 : s0;
-      if (two) {
-        const float s1 = _mm512_reduce_add_ps(acc1[r]);
-        out[1] = accumulate ? out[1] + s1 : s1;
-      }
+      const __m512bh xv = LoadBf16x32(xb + r * k + i);
+      acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], xv, a);
+      acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], xv, b);
     }
+  }
+  if (tail) {
+    const __m512bh a = LoadBf16x32(tail, w0 + 2 * k32), b = LoadBf16x32(tail, w1 + 2 * k32);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh xv = LoadBf16x32(tail, xb + r * k + k32);
+      acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], xv, a);
+      acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], xv, b);
+    }
+  }
+  float sums[2 * R];
+  if constexpr (R == 8) {
+    _mm512_storeu_ps(sums, ReduceAdd16(acc));
+  } else {
+    for (int i = 0; i < 2 * R; ++i) sums[i] = _mm512_reduce_add_ps(acc[i]);
+  }
+  for (int r = 0; r < R; ++r) {
+    float* out = y + r * n;
+    out[0] = accumulate ? out[0] + sums[2 * r] : sums[2 * r];
+    if (two) out[1] = accumulate ? out[1] + sums[2 * r + 1] : sums[2 * r + 1];
   }
 }
 
-// oneDNN matmul primitives by shape. M is a compile-time dimension: with DNNL_RUNTIME_DIM_VAL
-// oneDNN 2.6 picks its gemm:jit path, 0.5-0.9x of the brgemm kernel a fixed M gets (bench/).
-// The scratchpad is the caller's (user mode), so that one primitive can run on several threads.
-// oneDNN fixes a primitive's thread count when it is made, so that count is part of the key: one
-// thread inside a parallel region (the experts' loop), the OpenMP thread count outside.
-struct MatmulKey {
-  int64_t m, n, k;
-  bool accumulate;
-  int threads;
-  auto operator<=>(const MatmulKey&) const = default;
-};
-
-struct Matmul {
-  dnnl::matmul::primitive_desc pd;
-  dnnl::matmul primitive;
-};
-
-class MatmulCache {
- public:
-  static MatmulCache& Get() {
-    static MatmulCache cache;
-    return cache;
+// R rows against weight rows [j0, j1), two at a time.
+template <int R>
+NEXTSERVE_TARGET_AVX512_BF16 void RowsTimesWeightRange(const uint16_t* xb, const Matrix& w,
+                                                       int64_t j0, int64_t j1, float* y,
+                                                       bool accumulate) {
+  const int64_t n = w.rows, k = w.cols;
+  const size_t row_bytes = static_cast<size_t>(k) * 2;
+  const char* base = static_cast<const char*>(w.data);
+  for (int64_t j = j0; j < j1; j += 2) {
+    const bool two = j + 1 < j1;
+    const char* wj = base + static_cast<size_t>(j) * row_bytes;
+    RowsTimesWeightPair<R>(xb, k, wj, two ? wj + row_bytes : wj, two, y + j, n, accumulate);
   }
-  const dnnl::engine& engine() const { return engine_; }
+}
 
-  // The primitive for this shape (handles: copies are cheap); throws dnnl::error if oneDNN has
-  // none.
-  Matmul Find(const MatmulKey& key) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = map_.find(key);
-    if (it != map_.end()) return it->second;
-    // Distinct M values are bounded by the batch sizes the scheduler forms; a cap keeps a server
-    // that sees every M from 9 to its prefill budget from growing without limit.
-    if (map_.size() >= kMaxEntries) map_.clear();
-    using dt = dnnl::memory::data_type;
-    const dnnl::memory::desc src({key.m, key.k}, dt::bf16, dnnl::memory::format_tag::ab);
-    const dnnl::memory::desc weights({key.k, key.n}, dt::bf16, dnnl::memory::dims{1, key.k});
-    const dnnl::memory::desc dst({key.m, key.n}, dt::f32, dnnl::memory::format_tag::ab);
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    if (key.accumulate) {
-      dnnl::post_ops ops;
-      ops.append_sum(1.0f);
-      attr.set_post_ops(ops);
+// The same for `rows` <= 8 rows, through the kernel compiled for that row count.
+void RowsTimesWeightRows(const uint16_t* xb, int64_t rows, const Matrix& w, int64_t j0, int64_t j1,
+                         float* y, bool accumulate) {
+  switch (rows) {
+    case 1:
+      return RowsTimesWeightRange<1>(xb, w, j0, j1, y, accumulate);
+    case 2:
+      return RowsTimesWeightRange<2>(xb, w, j0, j1, y, accumulate);
+    case 3:
+      return RowsTimesWeightRange<3>(xb, w, j0, j1, y, accumulate);
+    case 4:
+      return RowsTimesWeightRange<4>(xb, w, j0, j1, y, accumulate);
+    case 5:
+      return RowsTimesWeightRange<5>(xb, w, j0, j1, y, accumulate);
+    case 6:
+      return RowsTimesWeightRange<6>(xb, w, j0, j1, y, accumulate);
+    case 7:
+      return RowsTimesWeightRange<7>(xb, w, j0, j1, y, accumulate);
+    default:
+      return RowsTimesWeightRange<8>(xb, w, j0, j1, y, accumulate);
+  }
+}
+
+// 4 rows against 4 weight rows (w, row stride row_bytes) into y[r * n + c]: 16 accumulators, 8
+// loads per 16 dot products, and ReduceAdd16 leaves each row's 4 outputs side by side.
+NEXTSERVE_TARGET_AVX512_BF16 inline void Tile4x4(const uint16_t* xb, int64_t k, const char* w,
+                                                 size_t row_bytes, float* y, int64_t n,
+                                                 bool accumulate) {
+  const char* w1 = w + row_bytes;
+  const char* w2 = w1 + row_bytes;
+  const char* w3 = w2 + row_bytes;
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t k32 = k & ~int64_t{31};
+  for (int64_t i = 0; i < k32; i += 32) {
+    const __m512bh a0 = LoadBf16x32(w + 2 * i), a1 = LoadBf16x32(w1 + 2 * i),
+                   a2 = LoadBf16x32(w2 + 2 * i), a3 = LoadBf16x32(w3 + 2 * i);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __m512bh xv = LoadBf16x32(xb + r * k + i);
+      acc[4 * r] = _mm512_dpbf16_ps(acc[4 * r], xv, a0);
+      acc[4 * r + 1] = _mm512_dpbf16_ps(acc[4 * r + 1], xv, a1);
+      acc[4 * r + 2] = _mm512_dpbf16_ps(acc[4 * r + 2], xv, a2);
+      acc[4 * r + 3] = _mm512_dpbf16_ps(acc[4 * r + 3], xv, a3);
     }
-    // omp_set_num_threads sets this thread's count only (inside a parallel region: its task's).
-    const int saved_threads = omp_get_max_threads();
-    omp_set_num_threads(key.threads);
-    Matmul made;
-    try {
-      made.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), attr, engine_);
-      made.primitive = dnnl::matmul(made.pd);
-    } catch (...) {
-      omp_set_num_threads(saved_threads);
-      throw;
+  }
+  if (k32 < k) {  // the tail: zeros past k
+    const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (k - k32)) - 1);
+    const __m512bh a0 = LoadBf16x32(tail, w + 2 * k32), a1 = LoadBf16x32(tail, w1 + 2 * k32),
+                   a2 = LoadBf16x32(tail, w2 + 2 * k32), a3 = LoadBf16x32(tail, w3 + 2 * k32);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __m512bh xv = LoadBf16x32(tail, xb + r * k + k32);
+      acc[4 * r] = _mm512_dpbf16_ps(acc[4 * r], xv, a0);
+      acc[4 * r + 1] = _mm512_dpbf16_ps(acc[4 * r + 1], xv, a1);
+      acc[4 * r + 2] = _mm512_dpbf16_ps(acc[4 * r + 2], xv, a2);
+      acc[4 * r + 3] = _mm512_dpbf16_ps(acc[4 * r + 3], xv, a3);
     }
-    omp_set_num_threads(saved_threads);
-    return map_.emplace(key, made).first->second;
+  }
+  const __m512 sums = ReduceAdd16(acc);
+  const __m128 row[4] = {_mm512_castps512_ps128(sums), _mm512_extractf32x4_ps(sums, 1),
+                         _mm512_extractf32x4_ps(sums, 2), _mm512_extractf32x4_ps(sums, 3)};
+  for (int r = 0; r < 4; ++r) {
+    float* out = y + r * n;
+    _mm_storeu_ps(out, accumulate ? _mm_add_ps(_mm_loadu_ps(out), row[r]) : row[r]);
+  }
+}
+
+constexpr int64_t kRowGroup = 8;    // rows per pass of the few-rows kernel (16 accumulators)
+constexpr int64_t kPanelRows = 64;  // weight rows kept in L2 while every row group passes
+constexpr int64_t kRowBlock = 128;  // rows per GEMM task
+
+// m <= 8: the weights are read once; weight pairs are split over the threads.
+void FewRowsOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, bool accumulate) {
+  const int64_t pairs = (w.rows + 1) / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < pairs; ++p) {
+    RowsTimesWeightRows(xb, m, w, 2 * p, std::min(w.rows, 2 * p + 2), y, accumulate);
+  }
+}
+
+// Spreads prefetches of [begin, end) into L2 over `steps` calls of Next().
+class SpreadPrefetch {
+ public:
+  SpreadPrefetch(const char* begin, const char* end, int64_t steps)
+      : at_(begin), end_(end), per_step_((end - begin + steps - 1) / std::max<int64_t>(1, steps)) {}
+  void Next() {
+    const char* stop = std::min(end_, at_ + per_step_);
+    for (; at_ < stop; at_ += 64) _mm_prefetch(at_, _MM_HINT_T1);
   }
 
  private:
-  static constexpr size_t kMaxEntries = 512;
-  dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
-  std::mutex mu_;
-  std::map<MatmulKey, Matmul> map_;
+  const char* at_;
+  const char* end_;
+  int64_t per_step_;
 };
 
-// m <= 8 rounded rows through the kernel compiled for that row count.
-void FewRowsOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, bool accumulate) {
-  switch (m) {
-    case 1:
-      return Bf16FewRowsKernel<1>(xb, w, y, accumulate);
-    case 2:
-      return Bf16FewRowsKernel<2>(xb, w, y, accumulate);
-    case 3:
-      return Bf16FewRowsKernel<3>(xb, w, y, accumulate);
-    case 4:
-      return Bf16FewRowsKernel<4>(xb, w, y, accumulate);
-    case 5:
-      return Bf16FewRowsKernel<5>(xb, w, y, accumulate);
-    case 6:
-      return Bf16FewRowsKernel<6>(xb, w, y, accumulate);
-    case 7:
-      return Bf16FewRowsKernel<7>(xb, w, y, accumulate);
-    default:
-      return Bf16FewRowsKernel<8>(xb, w, y, accumulate);
+// Rows [0, m) against weight rows [j0, j1): 4 x 4 tiles, the row and weight-row tails through the
+// pair kernel. `next` (the weights of this thread's next task) is prefetched meanwhile, so that a
+// panel's first pass does not wait on memory.
+NEXTSERVE_TARGET_AVX512_BF16 void PanelOnRounded(const uint16_t* xb, int64_t m, const Matrix& w,
+                                                 int64_t j0, int64_t j1, float* y, bool accumulate,
+                                                 SpreadPrefetch next) {
+  const int64_t n = w.rows, k = w.cols;
+  const size_t row_bytes = static_cast<size_t>(k) * 2;
+  const char* base = static_cast<const char*>(w.data);
+  const int64_t j4 = j0 + (j1 - j0) / 4 * 4;
+  int64_t r0 = 0;
+  for (; r0 + 4 <= m; r0 += 4) {
+    const uint16_t* xr = xb + r0 * k;
+    float* yr = y + r0 * n;
+    for (int64_t j = j0; j < j4; j += 4) {
+      Tile4x4(xr, k, base + static_cast<size_t>(j) * row_bytes, row_bytes, yr + j, n, accumulate);
+      next.Next();
+    }
+    if (j4 < j1) RowsTimesWeightRange<4>(xr, w, j4, j1, yr, accumulate);
+  }
+  if (r0 < m) RowsTimesWeightRows(xb + r0 * k, m - r0, w, j0, j1, y + r0 * n, accumulate);
+}
+
+// m > 8: tasks of (128 rows, 64 weight rows): at k = 1024 the rows' 256 KiB and the panel's 128 KiB
+// stay in L2 while every group of 4 rows passes over the panel; the weights come from memory once
+// per 128 rows, prefetched during the task before. Tasks go round-robin over the threads (they
+// cost the same), so each thread knows its next one.
+void GemmOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, bool accumulate) {
+  const int64_t n = w.rows, k = w.cols;
+  const int64_t panels = (n + kPanelRows - 1) / kPanelRows;
+  const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
+  const int64_t tasks = panels * blocks;
+  const char* base = static_cast<const char*>(w.data);
+  const size_t row_bytes = static_cast<size_t>(k) * 2;
+#pragma omp parallel if (tasks > 1)
+  {
+    const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+    for (int64_t t = me; t < tasks; t += threads) {
+      const int64_t r0 = t / panels * kRowBlock, j0 = t % panels * kPanelRows;
+      const int64_t rows = std::min(kRowBlock, m - r0), j1 = std::min(n, j0 + kPanelRows);
+      const int64_t next_j0 = (t + threads) % panels * kPanelRows;
+      const int64_t next_j1 = t + threads < tasks ? std::min(n, next_j0 + kPanelRows) : next_j0;
+      const SpreadPrefetch next(base + next_j0 * row_bytes, base + next_j1 * row_bytes,
+                                rows / 4 * ((j1 - j0) / 4));
+      PanelOnRounded(xb + r0 * k, rows, w, j0, j1, y + r0 * n, accumulate, next);
+    }
   }
 }
 
@@ -232,37 +336,16 @@ void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, boo
   uint16_t* xb = ActivationScratch(static_cast<size_t>(m * k)).data();
   RoundRowsToBf16(x, m, k, xb);
   // Passes of 8 rows (callers send m <= 8; this keeps any m correct).
-  for (int64_t r0 = 0; r0 < m; r0 += 8) {
-    FewRowsOnRounded(xb + r0 * k, std::min<int64_t>(8, m - r0), w, y + r0 * w.rows, accumulate);
+  for (int64_t r0 = 0; r0 < m; r0 += kRowGroup) {
+    FewRowsOnRounded(xb + r0 * k, std::min(kRowGroup, m - r0), w, y + r0 * w.rows, accumulate);
   }
 }
 
 void LinearGemmBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
-  const int64_t n = w.rows, k = w.cols;
-  MatmulCache& cache = MatmulCache::Get();
-  Matmul matmul;
-  try {
-    matmul = cache.Find({m, n, k, accumulate, omp_in_parallel() ? 1 : omp_get_max_threads()});
-  } catch (const dnnl::error&) {
-    // No bf16 matmul for this shape: the exact path is always there.
-    return LinearGemm(x, m, w, y, accumulate);
-  }
+  const int64_t k = w.cols;
   uint16_t* xb = ActivationScratch(static_cast<size_t>(m * k)).data();
   RoundRowsToBf16(x, m, k, xb);
-  thread_local std::vector<uint8_t> scratchpad;
-  const dnnl::memory::desc pad_desc = matmul.pd.scratchpad_desc();
-  if (scratchpad.size() < pad_desc.get_size()) scratchpad.resize(pad_desc.get_size());
-  const dnnl::engine& engine = cache.engine();
-  thread_local dnnl::stream stream(engine);
-  dnnl::memory src(matmul.pd.src_desc(), engine, xb);
-  dnnl::memory weights(matmul.pd.weights_desc(), engine, const_cast<void*>(w.data));
-  dnnl::memory dst(matmul.pd.dst_desc(), engine, y);
-  dnnl::memory pad(pad_desc, engine, scratchpad.data());
-  matmul.primitive.execute(stream, {{DNNL_ARG_SRC, src},
-                                    {DNNL_ARG_WEIGHTS, weights},
-                                    {DNNL_ARG_DST, dst},
-                                    {DNNL_ARG_SCRATCHPAD, pad}});
-  stream.wait();
+  GemmOnRounded(xb, m, w, y, accumulate);
 }
 
 }  // namespace nextserve::kernels::cpu
