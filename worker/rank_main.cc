@@ -59,12 +59,13 @@ int main(int argc, char** argv) {
       "snapshot-budget", &snapshot_budget,
       "state snapshots the prefix cache keeps, LRU (default 16; each costs one state slot + one "
       "KV block: ~77 MiB on the 80B model)");
-  flags.String("compute", &compute,
-               "CPU matrix products for bf16 weights: auto (default: bf16 where the CPU has "
-               "AVX512-BF16, else f32), bf16 (bf16 products with fp32 sums: ~1.5-2x faster "
-               "prefill and batched decode; logits within 1% of their range of f32's) or f32 "
-               "(exact: the golden-test mode). Both keep a request's tokens independent of the "
-               "rest of its batch");
+  flags.String(
+      "compute", &compute,
+      "CPU matrix products for bf16 weights: auto (default: bf16 where the CPU has "
+      "AVX512-BF16, else f32), bf16 (bf16 products with fp32 sums: ~1.5-2x faster "
+      "prefill and batched decode; rms logit error under 1% of the row's range on the golden "
+      "data) or f32 (exact: the golden-test mode). Both keep a request's tokens independent of the "
+      "rest of its batch");
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
   flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
   flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
