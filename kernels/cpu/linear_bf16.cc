@@ -116,16 +116,24 @@ NEXTSERVE_TARGET_AVX512_BF16 inline __m512 ReduceAdd16(const __m512* a) {
 // R rows of x (row stride k) against weight rows w0 and w1 (w1 only if `two`), into y[r * n] and
 // y[r * n + 1]: each x vector loaded feeds two dot products; R <= 8 keeps the 2R accumulators in
 // registers, and at R = 8 they are exactly the 16 that ReduceAdd16 takes.
+// `prefetch` (or null): the next pair's first row, fetched line by line meanwhile so that a thread
+// streaming small matrices (the experts at decode) does not wait on memory at each pair.
 template <int R>
 NEXTSERVE_TARGET_AVX512_BF16 inline void RowsTimesWeightPair(const uint16_t* xb, int64_t k,
                                                              const char* w0, const char* w1,
                                                              bool two, float* y, int64_t n,
-                                                             bool accumulate) {
+                                                             bool accumulate,
+                                                             const char* prefetch) {
   const int64_t k32 = k & ~int64_t{31};
   const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (k - k32)) - 1);
   __m512 acc[2 * R];
   for (int i = 0; i < 2 * R; ++i) acc[i] = _mm512_setzero_ps();
+  const size_t row_bytes = static_cast<size_t>(k) * 2;
   for (int64_t i = 0; i < k32; i += 32) {
+    if (prefetch) {
+      _mm_prefetch(prefetch + 2 * i, _MM_HINT_T0);
+      _mm_prefetch(prefetch + row_bytes + 2 * i, _MM_HINT_T0);
+    }
     const __m512bh a = LoadBf16x32(w0 + 2 * i), b = LoadBf16x32(w1 + 2 * i);
     for (int r = 0; r < R; ++r) {
       const __m512bh xv = LoadBf16x32(xb + r * k + i);
@@ -158,37 +166,39 @@ NEXTSERVE_TARGET_AVX512_BF16 inline void RowsTimesWeightPair(const uint16_t* xb,
 template <int R>
 NEXTSERVE_TARGET_AVX512_BF16 void RowsTimesWeightRange(const uint16_t* xb, const Matrix& w,
                                                        int64_t j0, int64_t j1, float* y,
-                                                       bool accumulate) {
+                                                       bool accumulate, bool prefetch_next) {
   const int64_t n = w.rows, k = w.cols;
   const size_t row_bytes = static_cast<size_t>(k) * 2;
   const char* base = static_cast<const char*>(w.data);
   for (int64_t j = j0; j < j1; j += 2) {
     const bool two = j + 1 < j1;
     const char* wj = base + static_cast<size_t>(j) * row_bytes;
-    RowsTimesWeightPair<R>(xb, k, wj, two ? wj + row_bytes : wj, two, y + j, n, accumulate);
+    // The pair after this one, when it is a whole pair of this matrix.
+    const char* next = prefetch_next && j + 3 < n ? wj + 2 * row_bytes : nullptr;
+    RowsTimesWeightPair<R>(xb, k, wj, two ? wj + row_bytes : wj, two, y + j, n, accumulate, next);
   }
 }
 
 // The same for `rows` <= 8 rows, through the kernel compiled for that row count.
 void RowsTimesWeightRows(const uint16_t* xb, int64_t rows, const Matrix& w, int64_t j0, int64_t j1,
-                         float* y, bool accumulate) {
+                         float* y, bool accumulate, bool prefetch_next) {
   switch (rows) {
     case 1:
-      return RowsTimesWeightRange<1>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<1>(xb, w, j0, j1, y, accumulate, prefetch_next);
     case 2:
-      return RowsTimesWeightRange<2>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<2>(xb, w, j0, j1, y, accumulate, prefetch_next);
     case 3:
-      return RowsTimesWeightRange<3>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<3>(xb, w, j0, j1, y, accumulate, prefetch_next);
     case 4:
-      return RowsTimesWeightRange<4>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<4>(xb, w, j0, j1, y, accumulate, prefetch_next);
     case 5:
-      return RowsTimesWeightRange<5>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<5>(xb, w, j0, j1, y, accumulate, prefetch_next);
     case 6:
-      return RowsTimesWeightRange<6>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<6>(xb, w, j0, j1, y, accumulate, prefetch_next);
     case 7:
-      return RowsTimesWeightRange<7>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<7>(xb, w, j0, j1, y, accumulate, prefetch_next);
     default:
-      return RowsTimesWeightRange<8>(xb, w, j0, j1, y, accumulate);
+      return RowsTimesWeightRange<8>(xb, w, j0, j1, y, accumulate, prefetch_next);
   }
 }
 
@@ -246,7 +256,8 @@ void FewRowsOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, 
   const int64_t pairs = (w.rows + 1) / 2;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < pairs; ++p) {
-    RowsTimesWeightRows(xb, m, w, 2 * p, std::min(w.rows, 2 * p + 2), y, accumulate);
+    RowsTimesWeightRows(xb, m, w, 2 * p, std::min(w.rows, 2 * p + 2), y, accumulate,
+                        /*prefetch_next=*/true);
   }
 }
 
@@ -284,9 +295,11 @@ NEXTSERVE_TARGET_AVX512_BF16 void PanelOnRounded(const uint16_t* xb, int64_t m, 
       Tile4x4(xr, k, base + static_cast<size_t>(j) * row_bytes, row_bytes, yr + j, n, accumulate);
       next.Next();
     }
-    if (j4 < j1) RowsTimesWeightRange<4>(xr, w, j4, j1, yr, accumulate);
+    if (j4 < j1) RowsTimesWeightRange<4>(xr, w, j4, j1, yr, accumulate, false);
   }
-  if (r0 < m) RowsTimesWeightRows(xb + r0 * k, m - r0, w, j0, j1, y + r0 * n, accumulate);
+  if (r0 < m) {
+    RowsTimesWeightRows(xb + r0 * k, m - r0, w, j0, j1, y + r0 * n, accumulate, false);
+  }
 }
 
 // m > 8: tasks of (128 rows, 64 weight rows): at k = 1024 the rows' 256 KiB and the panel's 128 KiB
