@@ -202,11 +202,12 @@ void RowsTimesWeightRows(const uint16_t* xb, int64_t rows, const Matrix& w, int6
   }
 }
 
-// 4 rows against 4 weight rows (w, row stride row_bytes) into y[r * n + c]: 16 accumulators, 8
-// loads per 16 dot products, and ReduceAdd16 leaves each row's 4 outputs side by side.
+// 4 rows against 4 weight rows (w, row stride row_bytes) into y[r * n + c] for r < rows (rows past
+// m are zero padding, computed and dropped): 16 accumulators, 8 loads per 16 dot products, and
+// ReduceAdd16 leaves each row's 4 outputs side by side.
 NEXTSERVE_TARGET_AVX512_BF16 inline void Tile4x4(const uint16_t* xb, int64_t k, const char* w,
                                                  size_t row_bytes, float* y, int64_t n,
-                                                 bool accumulate) {
+                                                 bool accumulate, int rows) {
   const char* w1 = w + row_bytes;
   const char* w2 = w1 + row_bytes;
   const char* w3 = w2 + row_bytes;
@@ -241,7 +242,7 @@ NEXTSERVE_TARGET_AVX512_BF16 inline void Tile4x4(const uint16_t* xb, int64_t k, 
   const __m512 sums = ReduceAdd16(acc);
   const __m128 row[4] = {_mm512_castps512_ps128(sums), _mm512_extractf32x4_ps(sums, 1),
                          _mm512_extractf32x4_ps(sums, 2), _mm512_extractf32x4_ps(sums, 3)};
-  for (int r = 0; r < 4; ++r) {
+  for (int r = 0; r < rows; ++r) {
     float* out = y + r * n;
     _mm_storeu_ps(out, accumulate ? _mm_add_ps(_mm_loadu_ps(out), row[r]) : row[r]);
   }
@@ -277,9 +278,10 @@ class SpreadPrefetch {
   int64_t per_step_;
 };
 
-// Rows [0, m) against weight rows [j0, j1): 4 x 4 tiles, the row and weight-row tails through the
-// pair kernel. `next` (the weights of this thread's next task) is prefetched meanwhile, so that a
-// panel's first pass does not wait on memory.
+// Rows [0, m) against weight rows [j0, j1) in 4 x 4 tiles; xb holds m rounded up to 4 rows (the
+// padding zeros). Weight rows past the last multiple of 4 go through the pair kernel. `next` (the
+// weights of this thread's next task) is prefetched meanwhile, so that a panel's first pass does
+// not wait on memory.
 NEXTSERVE_TARGET_AVX512_BF16 void PanelOnRounded(const uint16_t* xb, int64_t m, const Matrix& w,
                                                  int64_t j0, int64_t j1, float* y, bool accumulate,
                                                  SpreadPrefetch next) {
@@ -287,18 +289,16 @@ NEXTSERVE_TARGET_AVX512_BF16 void PanelOnRounded(const uint16_t* xb, int64_t m, 
   const size_t row_bytes = static_cast<size_t>(k) * 2;
   const char* base = static_cast<const char*>(w.data);
   const int64_t j4 = j0 + (j1 - j0) / 4 * 4;
-  int64_t r0 = 0;
-  for (; r0 + 4 <= m; r0 += 4) {
+  for (int64_t r0 = 0; r0 < m; r0 += 4) {
     const uint16_t* xr = xb + r0 * k;
     float* yr = y + r0 * n;
+    const int rows = static_cast<int>(std::min<int64_t>(4, m - r0));
     for (int64_t j = j0; j < j4; j += 4) {
-      Tile4x4(xr, k, base + static_cast<size_t>(j) * row_bytes, row_bytes, yr + j, n, accumulate);
+      Tile4x4(xr, k, base + static_cast<size_t>(j) * row_bytes, row_bytes, yr + j, n, accumulate,
+              rows);
       next.Next();
     }
-    if (j4 < j1) RowsTimesWeightRange<4>(xr, w, j4, j1, yr, accumulate, false);
-  }
-  if (r0 < m) {
-    RowsTimesWeightRows(xb + r0 * k, m - r0, w, j0, j1, y + r0 * n, accumulate, false);
+    if (j4 < j1) RowsTimesWeightRows(xr, rows, w, j4, j1, yr, accumulate, false);
   }
 }
 
@@ -355,9 +355,10 @@ void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, boo
 }
 
 void LinearGemmBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
-  const int64_t k = w.cols;
-  uint16_t* xb = ActivationScratch(static_cast<size_t>(m * k)).data();
+  const int64_t k = w.cols, padded = (m + 3) / 4 * 4;  // the tiles' 4 rows
+  uint16_t* xb = ActivationScratch(static_cast<size_t>(padded * k)).data();
   RoundRowsToBf16(x, m, k, xb);
+  std::fill(xb + m * k, xb + padded * k, uint16_t{0});
   GemmOnRounded(xb, m, w, y, accumulate);
 }
 
