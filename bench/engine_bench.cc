@@ -96,9 +96,22 @@ struct Costs {
 
 Costs ModelCosts(const ModelWeights& w) {
   const ModelConfig& c = w.config();
-  const double esize = DTypeSize(w.stored_dtype);
-  double params = 0;
-  auto add = [&](const WeightRef& r) { params += static_cast<double>(r.rows) * r.cols; };
+  double params = 0, bytes = 0;
+  // Bytes in each matrix's own dtype (an FP8 checkpoint keeps some in bf16), FP8 block scales
+  // included.
+  auto bytes_of = [](const WeightRef& r) {
+    const double elements = static_cast<double>(r.rows) * r.cols;
+    double b = elements * static_cast<double>(DTypeSize(r.dtype));
+    if (r.block_scale) {
+      b += 4.0 * static_cast<double>((r.rows + kernels::kFp8Block - 1) / kernels::kFp8Block) *
+           static_cast<double>((r.cols + kernels::kFp8Block - 1) / kernels::kFp8Block);
+    }
+    return b;
+  };
+  auto add = [&](const WeightRef& r) {
+    params += static_cast<double>(r.rows) * r.cols;
+    bytes += bytes_of(r);
+  };
   for (const auto& l : w.layers) {
     if (l.type == LayerType::kFullAttention) {
       for (auto* r :
@@ -117,14 +130,17 @@ Costs ModelCosts(const ModelWeights& w) {
       const MlpWeights& e = l.moe.experts[0];
       params +=
           c.num_experts_per_tok * (static_cast<double>(e.gate_proj.rows) * e.gate_proj.cols * 3);
+      bytes += c.num_experts_per_tok *
+               (bytes_of(e.gate_proj) + bytes_of(e.up_proj) + bytes_of(e.down_proj));
     } else {
       for (auto* r : {&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj}) add(*r);
     }
   }
   Costs costs;
   costs.flops_per_token = 2 * params;
-  const double head = static_cast<double>(w.lm_head.rows) * w.lm_head.cols;
-  costs.bytes_per_decode = (params + head + c.hidden_size) * esize;
+  // The lm_head and one embedding row.
+  costs.bytes_per_decode = bytes + bytes_of(w.lm_head) +
+                           static_cast<double>(c.hidden_size) * DTypeSize(w.embed_tokens.dtype);
   return costs;
 }
 
