@@ -22,11 +22,12 @@ struct PagedKv {
 
 namespace nextserve::kernels::cpu {
 
-// How Linear multiplies bf16 weights. kF32: widened to fp32, fp32 activations (exact; what the
-// golden tests use). kBF16: activations rounded to bf16 once per call, bf16 products with fp32
-// accumulation (each product off by at most 2^-9 relative, the activation's rounding), used only
-// where the CPU has AVX512-BF16 (CpuHasBf16Dot); elsewhere, and for fp32 / fp16 / FP8 weights,
-// Linear stays on the fp32 path. A process-wide setting, kF32 by default.
+// How Linear multiplies bf16 and FP8 weights. kF32: widened to fp32, fp32 activations (exact;
+// what the golden tests use). kBF16: activations rounded to bf16 once per call (each off by at
+// most 2^-9 relative), FP8 weights widened to bf16 as round(fp8 * block scale), bf16 products with
+// fp32 sums in one fixed order (a row's outputs have the same bits in any batch), used only where
+// the CPU has AVX512-BF16 (CpuHasBf16Dot); elsewhere, and for fp32 / fp16 weights, Linear stays
+// on the fp32 path. A process-wide setting, kF32 by default (the rank's --compute auto: kBF16).
 enum class Compute { kF32, kBF16 };
 void SetLinearCompute(Compute compute);
 Compute LinearCompute();
@@ -40,8 +41,9 @@ void Linear(const float* x, int64_t m, const Matrix& w, float* y, bool accumulat
 void LinearFewRows(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // GEMM path: oneDNN sgemm, converting non-fp32 weights tile by tile.
 void LinearGemm(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
-// bf16 compute, bf16 weights only, CpuHasBf16Dot() required. Few rows: AVX512-BF16 dot products
-// reading the weights once for up to 8 rows; GEMM: oneDNN's bf16 matmul on the weights in place.
+// bf16 compute, bf16 or FP8 weights, CpuHasBf16Dot() required. Few rows: AVX512-BF16 dot
+// products reading the weights once for up to 8 rows; GEMM: 4 x 4 tiles over 64-row weight panels
+// (FP8 panels widened to bf16 first). Both give each output the same bits.
 void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 void LinearGemmBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 // FP8 only: rows [row0, row0 + rows) of w, dequantised (fp8 * block scale) into out [rows, cols].

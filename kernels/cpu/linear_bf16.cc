@@ -77,6 +77,37 @@ NEXTSERVE_TARGET_AVX512_BF16 inline __m512bh LoadBf16x32(__mmask32 mask, const v
   return reinterpret_cast<const __m512bh&>(v);
 }
 
+// 32 FP8 (E4M3) weights times their block scale, rounded to bf16: the fp32 products are
+// DequantizeFp8Rows' bit for bit (each byte becomes an fp16 pattern worth 2^-8 of its value:
+// sign-extend, shift left 7, clear the sign copy; the 2^8 is folded into the scale), then rounded
+// to nearest even as RoundToBf16. Masked-off bytes are zeros.
+constexpr short kFp8ToF16Mask = static_cast<short>(0xBF80);
+NEXTSERVE_TARGET_AVX512_BF16 inline __m512bh LoadFp8AsBf16x32(const char* p, float scale,
+                                                              __mmask32 mask) {
+  // Masked loads cost more than plain ones: only the k tail takes one.
+  const __m256i bytes = mask == ~__mmask32{0}
+                            ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                            : _mm256_maskz_loadu_epi8(mask, p);
+  const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(bytes), 7),
+                                     _mm512_set1_epi16(kFp8ToF16Mask));
+  const __m512 s = _mm512_set1_ps(scale * 256.0f);
+  const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), s);
+  const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), s);
+  return _mm512_cvtne2ps_pbh(hi, lo);  // lanes 0-15 from lo
+}
+
+// One 32-element chunk of a weight row at element i: bf16 as stored, or FP8 widened as above
+// (`scales`: the row's block-scale row, one per 128 columns).
+template <bool kFp8>
+NEXTSERVE_TARGET_AVX512_BF16 inline __m512bh WeightChunk(const char* row, int64_t i,
+                                                         const float* scales, __mmask32 mask) {
+  if constexpr (kFp8) {
+    return LoadFp8AsBf16x32(row + i, scales[i / kFp8Block], mask);
+  } else {
+    return mask == ~__mmask32{0} ? LoadBf16x32(row + 2 * i) : LoadBf16x32(mask, row + 2 * i);
+  }
+}
+
 // The lane sums of 16 accumulators at once: lane i of the result is a[i]'s lanes added in exactly
 // the order _mm512_reduce_add_ps adds them (GCC: halves, then quarters, then lanes (0,2) and (1,3),
 // then those two), so an output reduced with 15 others has the bits it has reduced alone. The
@@ -118,23 +149,28 @@ NEXTSERVE_TARGET_AVX512_BF16 inline __m512 ReduceAdd16(const __m512* a) {
 // registers, and at R = 8 they are exactly the 16 that ReduceAdd16 takes.
 // `prefetch` (or null): the next pair's first row, fetched line by line meanwhile so that a thread
 // streaming small matrices (the experts at decode) does not wait on memory at each pair.
-template <int R>
+// FP8 weights (kFp8) are widened to bf16 chunk by chunk with `scales` (both rows are in one
+// 128-row block row, as the pair starts at an even row).
+template <int R, bool kFp8>
 NEXTSERVE_TARGET_AVX512_BF16 inline void RowsTimesWeightPair(const uint16_t* xb, int64_t k,
                                                              const char* w0, const char* w1,
-                                                             bool two, float* y, int64_t n,
-                                                             bool accumulate,
+                                                             const float* scales, bool two,
+                                                             float* y, int64_t n, bool accumulate,
                                                              const char* prefetch) {
   const int64_t k32 = k & ~int64_t{31};
   const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (k - k32)) - 1);
   __m512 acc[2 * R];
   for (int i = 0; i < 2 * R; ++i) acc[i] = _mm512_setzero_ps();
-  const size_t row_bytes = static_cast<size_t>(k) * 2;
+  constexpr int64_t kElementBytes = kFp8 ? 1 : 2;
+  const size_t row_bytes = static_cast<size_t>(k) * kElementBytes;
+  constexpr __mmask32 kAll = ~__mmask32{0};
   for (int64_t i = 0; i < k32; i += 32) {
-    if (prefetch) {
-      _mm_prefetch(prefetch + 2 * i, _MM_HINT_T0);
-      _mm_prefetch(prefetch + row_bytes + 2 * i, _MM_HINT_T0);
+    if (prefetch && (!kFp8 || i % 64 == 0)) {  // a line: 32 bf16 or 64 FP8 elements
+      _mm_prefetch(prefetch + kElementBytes * i, _MM_HINT_T0);
+      _mm_prefetch(prefetch + row_bytes + kElementBytes * i, _MM_HINT_T0);
     }
-    const __m512bh a = LoadBf16x32(w0 + 2 * i), b = LoadBf16x32(w1 + 2 * i);
+    const __m512bh a = WeightChunk<kFp8>(w0, i, scales, kAll),
+                   b = WeightChunk<kFp8>(w1, i, scales, kAll);
     for (int r = 0; r < R; ++r) {
       const __m512bh xv = LoadBf16x32(xb + r * k + i);
       acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], xv, a);
@@ -142,7 +178,8 @@ NEXTSERVE_TARGET_AVX512_BF16 inline void RowsTimesWeightPair(const uint16_t* xb,
     }
   }
   if (tail) {
-    const __m512bh a = LoadBf16x32(tail, w0 + 2 * k32), b = LoadBf16x32(tail, w1 + 2 * k32);
+    const __m512bh a = WeightChunk<kFp8>(w0, k32, scales, tail),
+                   b = WeightChunk<kFp8>(w1, k32, scales, tail);
     for (int r = 0; r < R; ++r) {
       const __m512bh xv = LoadBf16x32(tail, xb + r * k + k32);
       acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], xv, a);
@@ -162,43 +199,55 @@ NEXTSERVE_TARGET_AVX512_BF16 inline void RowsTimesWeightPair(const uint16_t* xb,
   }
 }
 
-// R rows against weight rows [j0, j1), two at a time.
-template <int R>
+// R rows against weight rows [j0, j1), two at a time, into y (row stride ldy; column j at y + j).
+template <int R, bool kFp8>
 NEXTSERVE_TARGET_AVX512_BF16 void RowsTimesWeightRange(const uint16_t* xb, const Matrix& w,
                                                        int64_t j0, int64_t j1, float* y,
-                                                       bool accumulate, bool prefetch_next) {
+                                                       int64_t ldy, bool accumulate,
+                                                       bool prefetch_next) {
   const int64_t n = w.rows, k = w.cols;
-  const size_t row_bytes = static_cast<size_t>(k) * 2;
+  const size_t row_bytes = static_cast<size_t>(k) * (kFp8 ? 1 : 2);
   const char* base = static_cast<const char*>(w.data);
   for (int64_t j = j0; j < j1; j += 2) {
     const bool two = j + 1 < j1;
     const char* wj = base + static_cast<size_t>(j) * row_bytes;
+    const float* scales = kFp8 ? w.block_scale + (j / kFp8Block) * w.scale_cols() : nullptr;
     // The pair after this one, when it is a whole pair of this matrix.
     const char* next = prefetch_next && j + 3 < n ? wj + 2 * row_bytes : nullptr;
-    RowsTimesWeightPair<R>(xb, k, wj, two ? wj + row_bytes : wj, two, y + j, n, accumulate, next);
+    RowsTimesWeightPair<R, kFp8>(xb, k, wj, two ? wj + row_bytes : wj, scales, two, y + j, ldy,
+                                 accumulate, next);
   }
 }
 
-// The same for `rows` <= 8 rows, through the kernel compiled for that row count.
-void RowsTimesWeightRows(const uint16_t* xb, int64_t rows, const Matrix& w, int64_t j0, int64_t j1,
-                         float* y, bool accumulate, bool prefetch_next) {
+// The same for `rows` <= 8 rows, through the kernel compiled for that row count and weight dtype.
+template <bool kFp8>
+void RowsTimesWeightRowsOf(const uint16_t* xb, int64_t rows, const Matrix& w, int64_t j0,
+                           int64_t j1, float* y, int64_t ldy, bool accumulate, bool prefetch_next) {
   switch (rows) {
     case 1:
-      return RowsTimesWeightRange<1>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<1, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
     case 2:
-      return RowsTimesWeightRange<2>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<2, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
     case 3:
-      return RowsTimesWeightRange<3>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<3, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
     case 4:
-      return RowsTimesWeightRange<4>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<4, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
     case 5:
-      return RowsTimesWeightRange<5>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<5, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
     case 6:
-      return RowsTimesWeightRange<6>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<6, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
     case 7:
-      return RowsTimesWeightRange<7>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<7, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
     default:
-      return RowsTimesWeightRange<8>(xb, w, j0, j1, y, accumulate, prefetch_next);
+      return RowsTimesWeightRange<8, kFp8>(xb, w, j0, j1, y, ldy, accumulate, prefetch_next);
+  }
+}
+void RowsTimesWeightRows(const uint16_t* xb, int64_t rows, const Matrix& w, int64_t j0, int64_t j1,
+                         float* y, int64_t ldy, bool accumulate, bool prefetch_next) {
+  if (w.dtype == DType::kF8E4M3) {
+    RowsTimesWeightRowsOf<true>(xb, rows, w, j0, j1, y, ldy, accumulate, prefetch_next);
+  } else {
+    RowsTimesWeightRowsOf<false>(xb, rows, w, j0, j1, y, ldy, accumulate, prefetch_next);
   }
 }
 
@@ -257,7 +306,7 @@ void FewRowsOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, 
   const int64_t pairs = (w.rows + 1) / 2;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < pairs; ++p) {
-    RowsTimesWeightRows(xb, m, w, 2 * p, std::min(w.rows, 2 * p + 2), y, accumulate,
+    RowsTimesWeightRows(xb, m, w, 2 * p, std::min(w.rows, 2 * p + 2), y, w.rows, accumulate,
                         /*prefetch_next=*/true);
   }
 }
@@ -278,41 +327,67 @@ class SpreadPrefetch {
   int64_t per_step_;
 };
 
-// Rows [0, m) against weight rows [j0, j1) in 4 x 4 tiles; xb holds m rounded up to 4 rows (the
-// padding zeros). Weight rows past the last multiple of 4 go through the pair kernel. `next` (the
-// weights of this thread's next task) is prefetched meanwhile, so that a panel's first pass does
-// not wait on memory.
+// Rows [0, m) against weight rows [j0, j1) of bf16 weights in 4 x 4 tiles, into y (row stride
+// ldy; column j at y + j); xb holds m rounded up to 4 rows (the padding zeros). Weight rows past
+// the last multiple of 4 go through the pair kernel. `next` (the weights of this thread's next
+// task) is prefetched meanwhile, so that a panel's first pass does not wait on memory.
 NEXTSERVE_TARGET_AVX512_BF16 void PanelOnRounded(const uint16_t* xb, int64_t m, const Matrix& w,
-                                                 int64_t j0, int64_t j1, float* y, bool accumulate,
-                                                 SpreadPrefetch next) {
-  const int64_t n = w.rows, k = w.cols;
+                                                 int64_t j0, int64_t j1, float* y, int64_t ldy,
+                                                 bool accumulate, SpreadPrefetch next) {
+  const int64_t k = w.cols;
   const size_t row_bytes = static_cast<size_t>(k) * 2;
   const char* base = static_cast<const char*>(w.data);
   const int64_t j4 = j0 + (j1 - j0) / 4 * 4;
   for (int64_t r0 = 0; r0 < m; r0 += 4) {
     const uint16_t* xr = xb + r0 * k;
-    float* yr = y + r0 * n;
+    float* yr = y + r0 * ldy;
     const int rows = static_cast<int>(std::min<int64_t>(4, m - r0));
     for (int64_t j = j0; j < j4; j += 4) {
-      Tile4x4(xr, k, base + static_cast<size_t>(j) * row_bytes, row_bytes, yr + j, n, accumulate,
+      Tile4x4(xr, k, base + static_cast<size_t>(j) * row_bytes, row_bytes, yr + j, ldy, accumulate,
               rows);
       next.Next();
     }
-    if (j4 < j1) RowsTimesWeightRows(xr, rows, w, j4, j1, yr, accumulate, false);
+    if (j4 < j1) RowsTimesWeightRows(xr, rows, w, j4, j1, yr, ldy, accumulate, false);
   }
+}
+
+// FP8 weight rows [row0, row0 + rows) as the bf16 values the few-rows kernel forms on the fly.
+NEXTSERVE_TARGET_AVX512_BF16 void DequantizeFp8RowsToBf16(const Matrix& w, int64_t row0,
+                                                          int64_t rows, uint16_t* out) {
+  const int64_t k = w.cols;
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* row = static_cast<const char*>(w.data) + static_cast<size_t>(row0 + r) * k;
+    const float* scales = w.block_scale + ((row0 + r) / kFp8Block) * w.scale_cols();
+    uint16_t* o = out + r * k;
+    for (int64_t i = 0; i < k; i += 32) {
+      const __mmask32 mask =
+          k - i >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << (k - i)) - 1);
+      const __m512bh v = WeightChunk<true>(row, i, scales, mask);
+      _mm512_mask_storeu_epi16(o + i, mask, reinterpret_cast<const __m512i&>(v));
+    }
+  }
+}
+
+// A thread's bf16 copy of one FP8 panel (64 weight rows), reused across calls.
+uint16_t* Fp8PanelScratch(size_t elements) {
+  thread_local std::vector<uint16_t> scratch;
+  if (scratch.size() < elements) scratch.resize(elements);
+  return scratch.data();
 }
 
 // m > 8: tasks of (128 rows, 64 weight rows): at k = 1024 the rows' 256 KiB and the panel's 128 KiB
 // stay in L2 while every group of 4 rows passes over the panel; the weights come from memory once
 // per 128 rows, prefetched during the task before. Tasks go round-robin over the threads (they
-// cost the same), so each thread knows its next one.
+// cost the same), so each thread knows its next one. FP8 panels are widened to bf16 first (the
+// values the few-rows kernel uses), 64 rows at a time: there is never a bf16 copy of the matrix.
 void GemmOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, bool accumulate) {
   const int64_t n = w.rows, k = w.cols;
+  const bool fp8 = w.dtype == DType::kF8E4M3;
   const int64_t panels = (n + kPanelRows - 1) / kPanelRows;
   const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
   const int64_t tasks = panels * blocks;
   const char* base = static_cast<const char*>(w.data);
-  const size_t row_bytes = static_cast<size_t>(k) * 2;
+  const size_t row_bytes = static_cast<size_t>(k) * (fp8 ? 1 : 2);
 #pragma omp parallel if (tasks > 1)
   {
     const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
@@ -323,7 +398,14 @@ void GemmOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, boo
       const int64_t next_j1 = t + threads < tasks ? std::min(n, next_j0 + kPanelRows) : next_j0;
       const SpreadPrefetch next(base + next_j0 * row_bytes, base + next_j1 * row_bytes,
                                 rows / 4 * ((j1 - j0) / 4));
-      PanelOnRounded(xb + r0 * k, rows, w, j0, j1, y + r0 * n, accumulate, next);
+      if (fp8) {
+        uint16_t* panel = Fp8PanelScratch(static_cast<size_t>(kPanelRows * k));
+        DequantizeFp8RowsToBf16(w, j0, j1 - j0, panel);
+        const Matrix view{DType::kBF16, panel, j1 - j0, k};
+        PanelOnRounded(xb + r0 * k, rows, view, 0, j1 - j0, y + r0 * n + j0, n, accumulate, next);
+      } else {
+        PanelOnRounded(xb + r0 * k, rows, w, j0, j1, y + r0 * n, n, accumulate, next);
+      }
     }
   }
 }
@@ -341,7 +423,8 @@ bool CpuHasBf16Dot() {
   return has;
 }
 bool UsesBf16Compute(const Matrix& w) {
-  return w.dtype == DType::kBF16 && LinearCompute() == Compute::kBF16 && CpuHasBf16Dot();
+  const bool weights = w.dtype == DType::kBF16 || (w.dtype == DType::kF8E4M3 && w.block_scale);
+  return weights && LinearCompute() == Compute::kBF16 && CpuHasBf16Dot();
 }
 
 void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {

@@ -323,8 +323,8 @@ struct Bf16Agreement {
   static constexpr double kClearMargin = 0.1;  // of the row's range
 };
 
-// bf16 compute (kernels/cpu/cpu_ops.h, the process-wide setting): the bf16 matrices (all of the
-// `bf16` case; lm_head, routers, shared-expert gates and in_proj_ba of `fp8`) take bf16
+// bf16 compute (kernels/cpu/cpu_ops.h, the process-wide setting): the bf16 and FP8 matrices (all
+// of the `bf16` and `fp8` cases; FP8 weights widened to bf16 as round(fp8 · scale)) take bf16
 // activations, fp32 ones stay exact. Over the prompts (batched: the GEMM paths) and the greedy
 // continuations fed the reference's tokens (4 rows a step: the few-rows kernel).
 TEST_P(GoldenTest, Bf16ComputeNearReference) {

@@ -12,6 +12,7 @@
 // without AVX512-BF16 (DNNL_MAX_CPU_ISA=AVX2, the bf16_linear_avx2_test entry) bf16 mode is fp32.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -202,6 +203,102 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Bf16LinearTest,
                                            Bf16Case{137, 70, 256}, Bf16Case{150, 131, 64},
                                            Bf16Case{4, 64, 16}, Bf16Case{40, 64, 16},
                                            Bf16Case{235, 1, 64}, Bf16Case{235, 576, 64}),
+                         [](const auto& info) {
+                           return "m" + std::to_string(info.param.m) + "_n" +
+                                  std::to_string(info.param.n) + "_k" +
+                                  std::to_string(info.param.k);
+                         });
+
+// FP8 (E4M3, one fp32 scale per 128 x 128 block) under bf16 compute: each weight is widened to
+// bf16 as round(fp8 · scale) (tile by tile, never a whole copy), so against the reference on the
+// bf16-rounded activations and those bf16 weights only fp32 accumulation is left, and a row has
+// the same bits in every batch, as for bf16 weights.
+struct Fp8Stored {
+  std::vector<uint8_t> bytes;
+  std::vector<float> scales;
+  Matrix matrix;
+};
+Fp8Stored StoreFp8(const std::vector<float>& v, int64_t n, int64_t k) {
+  Fp8Stored s;
+  const int64_t rb = (n + 127) / 128, cb = (k + 127) / 128;
+  s.scales.assign(rb * cb, 0.0f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < k; ++i) {
+      float& scale = s.scales[(j / 128) * cb + i / 128];
+      scale = std::max(scale, std::abs(v[j * k + i]) / 448.0f);
+    }
+  s.bytes.resize(n * k);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < k; ++i)
+      s.bytes[j * k + i] = F32ToF8E4M3(v[j * k + i] / s.scales[(j / 128) * cb + i / 128]);
+  s.matrix = Matrix{DType::kF8E4M3, s.bytes.data(), n, k, s.scales.data()};
+  return s;
+}
+
+class Fp8Bf16LinearTest : public ::testing::TestWithParam<Bf16Case> {
+ protected:
+  void SetUp() override {
+    if (!cpu::CpuHasBf16Dot()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  }
+};
+
+TEST_P(Fp8Bf16LinearTest, WithinAccumulationOfTheRoundedReference) {
+  const auto [m, n, k] = GetParam();
+  const float y0 = 0.5f;
+  const auto x = Random(m * k, 91), wv = Random(n * k, 92, 1.0f / std::sqrt(float(k)));
+  const Fp8Stored w = StoreFp8(wv, n, k);
+  // The bf16 weights the kernels use, and the activations they round.
+  std::vector<float> xr(x.size()), wr(wv.size());
+  for (size_t i = 0; i < x.size(); ++i) xr[i] = Bf16ToF32(F32ToBf16(x[i]));
+  const int64_t cb = (k + 127) / 128;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < k; ++i)
+      wr[j * k + i] = Bf16ToF32(
+          F32ToBf16(F8E4M3ToF32(w.bytes[j * k + i]) * w.scales[(j / 128) * cb + i / 128]));
+  const Matrix wr_matrix{DType::kF32, wr.data(), n, k};
+  {
+    ScopedCompute scope(Compute::kBF16);
+    EXPECT_TRUE(cpu::UsesBf16Compute(w.matrix));
+  }
+  const std::vector<float> got = RunLinear(Compute::kBF16, x, m, w.matrix, y0);
+  std::vector<float> want(m * n, y0);
+  cpu::LinearReference(xr.data(), m, wr_matrix, want.data(), true);
+  const double accumulation = (k + 8) * std::ldexp(1.0, -24);
+  double worst = 0;
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t j = 0; j < n; ++j) {
+      double a = y0;
+      for (int64_t i = 0; i < k; ++i) a += std::abs(double(xr[r * k + i]) * wr[j * k + i]);
+      worst = std::max(worst, std::abs(got[r * n + j] - want[r * n + j]) / (accumulation * a));
+    }
+  }
+  EXPECT_LE(worst, 1.0);
+  // f32 mode keeps FP8 on its exact path: the results differ from bf16 mode's.
+  const std::vector<float> exact = RunLinear(Compute::kF32, x, m, w.matrix, y0);
+  EXPECT_FALSE(SameBits(exact, got));
+}
+
+TEST_P(Fp8Bf16LinearTest, ARowHasTheSameBitsInEveryBatch) {
+  const auto [m, n, k] = GetParam();
+  const auto x = Random(m * k, 93), wv = Random(n * k, 94, 1.0f / std::sqrt(float(k)));
+  const Fp8Stored w = StoreFp8(wv, n, k);
+  const std::vector<float> whole = RunLinear(Compute::kBF16, x, m, w.matrix, 0.0f);
+  for (int64_t rows : {int64_t{1}, int64_t{4}, int64_t{7}, int64_t{9}, int64_t{21}}) {
+    for (int64_t first : {int64_t{0}, m - rows}) {
+      if (first < 0 || first + rows > m) continue;
+      const std::vector<float> part(x.begin() + first * k, x.begin() + (first + rows) * k);
+      const std::vector<float> got = RunLinear(Compute::kBF16, part, rows, w.matrix, 0.0f);
+      EXPECT_EQ(std::memcmp(got.data(), whole.data() + first * n, got.size() * sizeof(float)), 0)
+          << rows << " rows from row " << first << " of " << m;
+    }
+  }
+}
+
+// Block rows and columns cut by the matrix edge (n, k not multiples of 128), the 32-element tail.
+INSTANTIATE_TEST_SUITE_P(Shapes, Fp8Bf16LinearTest,
+                         ::testing::Values(Bf16Case{1, 67, 131}, Bf16Case{5, 130, 200},
+                                           Bf16Case{9, 67, 131}, Bf16Case{150, 131, 256},
+                                           Bf16Case{64, 256, 1024}, Bf16Case{137, 70, 300}),
                          [](const auto& info) {
                            return "m" + std::to_string(info.param.m) + "_n" +
                                   std::to_string(info.param.n) + "_k" +
