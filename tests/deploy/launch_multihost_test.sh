@@ -82,9 +82,14 @@ echo "launch_multihost: ranks on localhost:$RANK_PORT..$((RANK_PORT + 1)), route
 start
 serve
 grep -q "completion 4 tokens" "$WORK/generate.out" || { echo "FAIL: $(cat "$WORK/generate.out")"; exit 1; }
-grep -q "rank localhost:$RANK_PORT is healthy" "$WORK/launch.log"
-grep -q "rank localhost:$((RANK_PORT + 1)) is healthy" "$WORK/launch.log"
-grep -q "nextserve-rank 1 listening on 0.0.0.0:$((RANK_PORT + 1))" "$WORK/launch.log"
+# The router may log the second rank's health a poll after the first request was served.
+wait_log() {
+  for _ in $(seq 1 100); do grep -q "$1" "$WORK/launch.log" && return 0; sleep 0.1; done
+  echo "FAIL: no '$1' in the launch log"; cat "$WORK/launch.log"; exit 1
+}
+wait_log "rank localhost:$RANK_PORT is healthy"
+wait_log "rank localhost:$((RANK_PORT + 1)) is healthy"
+wait_log "nextserve-rank 1 listening on 0.0.0.0:$((RANK_PORT + 1))"
 kill -TERM "$launch_pid"
 status=0; wait "$launch_pid" || status=$?
 launch_pid=""
