@@ -43,7 +43,7 @@ void PrepTokens(const float* qg, float* k, int64_t t, PositionOf position_of,
     inv_freq[i] =
         1.0f / std::pow(s.rope_theta, static_cast<float>(2 * i) / static_cast<float>(s.rotary_dim));
   }
-#pragma omp parallel
+#pragma omp parallel if (t > 1 && WorthThreads(t * (s.num_heads + s.num_kv_heads) * d))
   {
     std::vector<float> cos(static_cast<size_t>(half)), sin(static_cast<size_t>(half));
 #pragma omp for schedule(static)

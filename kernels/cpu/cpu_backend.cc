@@ -87,7 +87,7 @@ class CpuBackend final : public Backend {
 
   void RmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, bool one_plus,
                float* y) override {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (cpu::WorthThreads(rows * dim))
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * dim;
       float* yr = y + r * dim;
@@ -99,12 +99,12 @@ class CpuBackend final : public Backend {
   }
 
   void Add(const float* x, int64_t n, float* y) override {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (cpu::WorthThreads(n))
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
   }
 
   void SiluMul(const float* gate, const float* up, int64_t n, float* y) override {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (cpu::WorthThreads(n))
     for (int64_t i = 0; i < n; ++i) y[i] = cpu::Silu(gate[i]) * up[i];
   }
 
@@ -147,7 +147,7 @@ class CpuBackend final : public Backend {
   }
   void RmsNormGated(const float* x, const float* z, int64_t rows, int64_t dim, const float* w,
                     float eps, float* y) override {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (cpu::WorthThreads(rows * dim))
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * dim;
       const float* zr = z + r * dim;

@@ -95,6 +95,16 @@ void DeltaRuleReference(const float* conv_out, const float* g, const float* beta
                         const DeltaNetShape& s, float* state, float* out);
 void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 
+// Whether an op touching `elements` values is worth a parallel region. Below this it runs on the
+// calling thread: a region costs about a microsecond on idle cores and up to a scheduler time slice
+// when another process holds one of them, more than a decode step's small elementwise ops take
+// alone (a decode step opens a few hundred regions). Each element's arithmetic is the same either
+// way, so results do not depend on it.
+constexpr int64_t kParallelMinElements = int64_t{1} << 14;
+inline bool WorthThreads(int64_t elements) {
+  return elements >= kParallelMinElements;
+}
+
 // 1 / (1 + e^-x) from e = e^-|x| (base/fast_exp.h), which never overflows: 1 / (1 + e) for x >= 0,
 // e / (1 + e) below, chosen arithmetically (pos is 1 or 0) so that the loops stay branch-free.
 inline float Sigmoid(float x) {

@@ -32,7 +32,7 @@ void NormaliseQK(const float* conv_out, int64_t t, const DeltaNetShape& s, std::
   qn.resize(static_cast<size_t>(t * nk * dk));
   kn.resize(qn.size());
   const float scale = 1.0f / std::sqrt(static_cast<float>(dk));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (t > 1 && WorthThreads(2 * t * nk * dk))
   for (int64_t i = 0; i < t; ++i) {
     for (int64_t h = 0; h < nk; ++h) {
       L2NormScaled(conv_out + i * cd + h * dk, dk, scale, &qn[(i * nk + h) * dk]);
@@ -162,7 +162,7 @@ void DeltaNetSplit(const float* qkvz, const float* ba, int64_t t, const DeltaNet
   const int64_t dk = s.key_head_dim, dv = s.value_head_dim, nk = s.num_key_heads,
                 r = s.num_value_heads / nk, group = 2 * dk + 2 * r * dv, cd = s.conv_dim(),
                 qkvz_dim = nk * group, nv = s.num_value_heads;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (t > 1 && WorthThreads(t * qkvz_dim))
   for (int64_t i = 0; i < t; ++i) {
     const float* src = qkvz + i * qkvz_dim;
     float* mixed = mixed_qkv + i * cd;
@@ -251,7 +251,8 @@ void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s
     for (int64_t j = 0; j < kernel; ++j) taps[j * channels + c] = w[c * kernel + j];
   }
   const float* tap = taps.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (step.num_tokens > 1 && \
+                                              WorthThreads(step.num_tokens * channels * kernel))
   for (int64_t i = 0; i < step.num_tokens; ++i) {
     const int64_t sq =
         std::upper_bound(cu, cu + step.num_seqs + 1, static_cast<int32_t>(i)) - cu - 1;
@@ -268,7 +269,7 @@ void CausalConvSilu(const float* x, const StepMeta& step, const DeltaNetShape& s
     for (int64_t c = 0; c < channels; ++c) out[c] = Silu(out[c]);
   }
   // Each sequence's new window: its last `hist` raw inputs (old window rows, then x).
-#pragma omp parallel
+#pragma omp parallel if (step.num_seqs > 1 && WorthThreads(step.num_seqs * hist * channels))
   {
     std::vector<float> next(static_cast<size_t>(hist * channels));
 #pragma omp for schedule(static)

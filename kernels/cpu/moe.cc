@@ -31,7 +31,8 @@ RecordView Record(const void* records, const RecordFormat& f, int64_t i) {
 
 void RouterTopK(const float* logits, int64_t n, int64_t experts, int64_t top_k, bool renormalise,
                 int32_t* ids, float* weights) {
-#pragma omp parallel
+  // Each logit costs an exp and a share of the partial sort: about 8 elementwise ops' worth.
+#pragma omp parallel if (n > 1 && WorthThreads(8 * n * experts))
   {
     std::vector<int32_t> order(static_cast<size_t>(experts));
     std::vector<float> prob(static_cast<size_t>(experts));
@@ -87,7 +88,8 @@ void MoeDispatch(const float* h, int64_t n, const int32_t* ids, const float* wei
   }
   // thread_local storage is per thread: the parallel loop reads the caller's through a pointer.
   const int32_t* rank_of_record = rank_of.data();
-#pragma omp parallel for schedule(static) if (counts.total > 4)
+#pragma omp parallel for schedule(static) if (counts.total > 1 && \
+                                              WorthThreads(counts.total * f.hidden))
   for (int64_t rec = 0; rec < counts.total; ++rec) {
     const int64_t i = token_of[rec];
     const int r = rank_of_record[rec];
@@ -128,7 +130,7 @@ absl::Status MoeGroupByExpert(const void* records, int64_t count, const RecordFo
       !s.ok()) {
     return s;
   }
-#pragma omp parallel for schedule(static) if (count > 4)
+#pragma omp parallel for schedule(static) if (count > 1 && WorthThreads(count * k * f.hidden))
   for (int64_t r = 0; r < count; ++r) {
     const RecordView view = Record(records, f, r);
     for (int64_t j = 0; j < k; ++j) {
@@ -179,7 +181,7 @@ void GroupedExpertMlp(const float* xs, const int64_t* expert_offsets, int64_t ex
 void MoeWeightedSum(const float* ys, const void* records, int64_t count, const RecordFormat& f,
                     const int32_t* pair_of, float* partial) {
   const int64_t k = f.top_k, hidden = f.hidden;
-#pragma omp parallel for schedule(static) if (count > 4)
+#pragma omp parallel for schedule(static) if (count > 1 && WorthThreads(count * k * hidden))
   for (int64_t r = 0; r < count; ++r) {
     const float* w = Record(records, f, r).weights();
     float* p = partial + r * hidden;

@@ -1,11 +1,14 @@
 // CPU kernels against their obviously-correct forms: GEMM paths vs a double-precision reference,
 // chunked delta rule vs the recurrence, and every cached op split into pieces vs all at once.
+#include <omp.h>
+
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
 
 namespace nextserve::kernels {
@@ -319,6 +322,113 @@ TEST(AttentionPrep, NormThenPartialRope) {
     EXPECT_NEAR(k[i], x1 * std::cos(f) - x2 * std::sin(f), 1e-5);
     EXPECT_NEAR(k[i + 2], x2 * std::cos(f) + x1 * std::sin(f), 1e-5);
   }
+}
+
+// A row's results must not depend on what else is in the step: the small row ops run serially
+// below cpu::WorthThreads and over the threads above it, and each row must come out with the same
+// bits either way. Every op here runs once over a batch big enough to go parallel (two threads)
+// and once per row alone (serial), and the rows are compared bit for bit.
+class RowOpsBatchInvariance : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    saved_threads_ = omp_get_max_threads();
+    omp_set_num_threads(2);
+  }
+  void TearDown() override { omp_set_num_threads(saved_threads_); }
+
+  // Runs op(rows_offset, row_count) over all rows, then row by row into `alone`; `out` holds
+  // `width` values per row.
+  template <typename Op>
+  void ExpectSameBits(int64_t rows, int64_t width, std::vector<float>& out, Op op) {
+    op(0, rows);
+    const std::vector<float> batched(out.begin(), out.begin() + rows * width);
+    std::fill(out.begin(), out.end(), -1.0f);
+    for (int64_t r = 0; r < rows; ++r) op(r, 1);
+    ASSERT_EQ(std::memcmp(batched.data(), out.data(), batched.size() * sizeof(float)), 0)
+        << "max |batched - alone| = "
+        << MaxAbsDiff(batched, std::vector<float>(out.begin(), out.begin() + rows * width));
+  }
+
+  static constexpr int64_t kRows = 40, kDim = 1024;  // 40 x 1024 is above the threshold
+  static_assert(kRows * kDim >= cpu::kParallelMinElements && kDim < cpu::kParallelMinElements);
+  std::unique_ptr<Backend> backend_ = MakeCpuBackend();
+  int saved_threads_ = 1;
+};
+
+TEST_F(RowOpsBatchInvariance, NormsAndElementwise) {
+  const std::vector<float> x = Random(kRows * kDim, 21), z = Random(kRows * kDim, 22),
+                           w = Random(kDim, 23, 0.1f);
+  std::vector<float> y(x.size());
+  ExpectSameBits(kRows, kDim, y, [&](int64_t r, int64_t n) {
+    backend_->RmsNorm(x.data() + r * kDim, n, kDim, w.data(), 1e-6f, true, y.data() + r * kDim);
+  });
+  ExpectSameBits(kRows, kDim, y, [&](int64_t r, int64_t n) {
+    backend_->RmsNormGated(x.data() + r * kDim, z.data() + r * kDim, n, kDim, w.data(), 1e-6f,
+                           y.data() + r * kDim);
+  });
+  ExpectSameBits(kRows, kDim, y, [&](int64_t r, int64_t n) {
+    backend_->SiluMul(x.data() + r * kDim, z.data() + r * kDim, n * kDim, y.data() + r * kDim);
+  });
+  ExpectSameBits(kRows, kDim, y, [&](int64_t r, int64_t n) {
+    std::copy(z.begin() + r * kDim, z.begin() + (r + n) * kDim, y.begin() + r * kDim);
+    backend_->Add(x.data() + r * kDim, n * kDim, y.data() + r * kDim);
+  });
+}
+
+TEST_F(RowOpsBatchInvariance, RouterTopK) {
+  const int64_t experts = 128, top_k = 8, rows = 64;  // 8 * 64 * 128: above the threshold
+  const std::vector<float> logits = Random(rows * experts, 24);
+  std::vector<int32_t> ids(rows * top_k), alone_ids(ids.size());
+  std::vector<float> weights(rows * top_k), alone(weights.size());
+  cpu::RouterTopK(logits.data(), rows, experts, top_k, true, ids.data(), weights.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    cpu::RouterTopK(logits.data() + r * experts, 1, experts, top_k, true,
+                    alone_ids.data() + r * top_k, alone.data() + r * top_k);
+  }
+  EXPECT_EQ(ids, alone_ids);
+  EXPECT_EQ(std::memcmp(weights.data(), alone.data(), weights.size() * sizeof(float)), 0);
+}
+
+TEST_F(RowOpsBatchInvariance, DeltaNetSplitAndAttentionPrep) {
+  const DeltaNetShape d{8, 16, 128, 128, 4};  // the small preset's DeltaNet
+  const int64_t qkvz_dim = 2 * d.key_dim() + 2 * d.value_dim(), nv = d.num_value_heads;
+  const std::vector<float> qkvz = Random(kRows * qkvz_dim, 25), ba = Random(kRows * 2 * nv, 26);
+  // One output buffer holding mixed_qkv, z, b and a per row, so that one comparison covers all.
+  const int64_t width = d.conv_dim() + d.value_dim() + 2 * nv;
+  std::vector<float> mixed(kRows * d.conv_dim()), zs(kRows * d.value_dim()), b(kRows * nv),
+      a(kRows * nv), packed(kRows * width);
+  ExpectSameBits(kRows, width, packed, [&](int64_t r, int64_t n) {
+    cpu::DeltaNetSplit(qkvz.data() + r * qkvz_dim, ba.data() + r * 2 * nv, n, d,
+                       mixed.data() + r * d.conv_dim(), zs.data() + r * d.value_dim(),
+                       b.data() + r * nv, a.data() + r * nv);
+    for (int64_t i = r; i < r + n; ++i) {
+      float* row = packed.data() + i * width;
+      std::copy_n(mixed.data() + i * d.conv_dim(), d.conv_dim(), row);
+      std::copy_n(zs.data() + i * d.value_dim(), d.value_dim(), row + d.conv_dim());
+      std::copy_n(b.data() + i * nv, nv, row + d.conv_dim() + d.value_dim());
+      std::copy_n(a.data() + i * nv, nv, row + d.conv_dim() + d.value_dim() + nv);
+    }
+  });
+
+  const AttentionShape s{8, 2, 256, 64, 1e7f};  // the small preset's attention
+  const int64_t qg_dim = 2 * s.num_heads * s.head_dim, q_dim = s.num_heads * s.head_dim,
+                k_dim = s.num_kv_heads * s.head_dim;
+  const std::vector<float> qg = Random(kRows * qg_dim, 27), k_in = Random(kRows * k_dim, 28),
+                           qn = Random(s.head_dim, 29, 0.1f), kn = Random(s.head_dim, 30, 0.1f);
+  std::vector<float> k(k_in.size()), q(kRows * q_dim), gate(kRows * q_dim),
+      prepped(kRows * (2 * q_dim + k_dim));
+  const int64_t prep_width = 2 * q_dim + k_dim;
+  ExpectSameBits(kRows, prep_width, prepped, [&](int64_t r, int64_t n) {
+    std::copy(k_in.begin() + r * k_dim, k_in.begin() + (r + n) * k_dim, k.begin() + r * k_dim);
+    cpu::AttentionPrep(qg.data() + r * qg_dim, k.data() + r * k_dim, n, /*first_pos=*/5 + r, s,
+                       qn.data(), kn.data(), 1e-6f, q.data() + r * q_dim, gate.data() + r * q_dim);
+    for (int64_t i = r; i < r + n; ++i) {
+      float* row = prepped.data() + i * prep_width;
+      std::copy_n(q.data() + i * q_dim, q_dim, row);
+      std::copy_n(gate.data() + i * q_dim, q_dim, row + q_dim);
+      std::copy_n(k.data() + i * k_dim, k_dim, row + 2 * q_dim);
+    }
+  });
 }
 
 }  // namespace
