@@ -2,8 +2,8 @@
 // bandwidth of the same run. Random bf16 experts of the small preset's shape (hidden 1024, inter
 // 256, 128 experts) for --layers layers, more bytes than the caches hold, so every layer reads its
 // experts from memory as the model does; uniform top-8 routing of --batches tokens per layer.
-// Reports ms per layer, the expert bytes the layer reads, and those bytes per second as a share of
-// streaming read.
+// Reports ms per layer, the experts a layer reads, and their bytes per second as a share of
+// streaming read. Every pass routes afresh, so the experts come from memory, not from L3.
 //
 //   moe_bench [--batches 1,2,4,8,16] [--layers 4] [--compute bf16|f32] [--reps 5]
 #include <immintrin.h>
@@ -100,11 +100,13 @@ int Main(int argc, char** argv) {
   const std::vector<int64_t> batches =
       rows_each > 0 ? std::vector<int64_t>{rows_each * experts / top_k} : ParseList(batches_list);
   for (int64_t batch : batches) {
-    // Per layer: top-8 distinct experts per token, pairs grouped by expert.
+    // Per pass and layer: a fresh routing (top-8 distinct experts per token, pairs grouped by
+    // expert), so that a pass finds its experts in memory, not left in L3 by the pass before.
     std::mt19937 rng(static_cast<uint32_t>(batch));
-    std::vector<std::vector<int64_t>> offsets(static_cast<size_t>(layers));
-    int64_t distinct = 0, pairs = batch * top_k;
-    for (int64_t l = 0; l < layers; ++l) {
+    const int64_t pairs = batch * top_k, passes = reps + 1;
+    std::vector<std::vector<int64_t>> offsets(static_cast<size_t>(passes * layers));
+    std::vector<int64_t> distinct(offsets.size(), 0);
+    for (size_t p = 0; p < offsets.size(); ++p) {
       std::vector<int64_t> count(experts, 0);
       std::vector<int32_t> ids(experts);
       for (int64_t t = 0; t < batch; ++t) {
@@ -113,32 +115,34 @@ int Main(int argc, char** argv) {
         for (int64_t j = 0; j < top_k; ++j) ++count[ids[j]];
       }
       if (rows_each > 0) std::fill(count.begin(), count.end(), rows_each);
-      offsets[l].assign(experts + 1, 0);
+      offsets[p].assign(experts + 1, 0);
       for (int64_t e = 0; e < experts; ++e) {
-        offsets[l][e + 1] = offsets[l][e] + count[e];
-        distinct += count[e] > 0;
+        offsets[p][e + 1] = offsets[p][e] + count[e];
+        distinct[p] += count[e] > 0;
       }
     }
     std::vector<float> xs(pairs * hidden), ys(pairs * hidden), scratch(2 * pairs * inter);
     std::normal_distribution<float> dist(0.0f, 1.0f);
     for (auto& v : xs) v = dist(rng);
-    // Each layer's best pass (the machine may be shared: a pass that lost the CPU is dropped).
-    std::vector<double> layer_best(static_cast<size_t>(layers), 1e30);
-    for (int64_t rep = 0; rep <= reps; ++rep) {
+    // Each layer's best seconds per expert over the passes (the machine may be shared: a pass
+    // that lost the CPU is dropped); the first pass warms up.
+    std::vector<double> per_expert(static_cast<size_t>(layers), 1e30);
+    double mean_distinct = 0;
+    for (int64_t pass = 0; pass < passes; ++pass) {
       for (int64_t l = 0; l < layers; ++l) {
+        const size_t p = static_cast<size_t>(pass * layers + l);
         const auto t0 = Clock::now();
-        kernels::cpu::GroupedExpertMlp(xs.data(), offsets[l].data(), experts, mats[l].data(),
+        kernels::cpu::GroupedExpertMlp(xs.data(), offsets[p].data(), experts, mats[l].data(),
                                        scratch.data(), ys.data());
         const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-        if (rep > 0) layer_best[l] = std::min(layer_best[l], s);  // the first pass warms up
+        mean_distinct += static_cast<double>(distinct[p]) / static_cast<double>(passes * layers);
+        if (pass > 0) per_expert[l] = std::min(per_expert[l], s / static_cast<double>(distinct[p]));
       }
     }
-    const double best = std::accumulate(layer_best.begin(), layer_best.end(), 0.0);
-    const double bytes = distinct * expert_elems * 2.0;
-    const double gbs = bytes / best / 1e9;
-    std::printf("  %6ld %8.1f %8ld %10.3f %8.1f %6.0f%%\n", batch,
-                static_cast<double>(distinct) / layers, pairs, best * 1e3 / layers, gbs,
-                100 * gbs / stream);
+    const double best = mean_distinct * std::accumulate(per_expert.begin(), per_expert.end(), 0.0);
+    const double gbs = layers * mean_distinct * expert_elems * 2.0 / best / 1e9;
+    std::printf("  %6ld %8.1f %8ld %10.3f %8.1f %6.0f%%\n", batch, mean_distinct, pairs,
+                best * 1e3 / layers, gbs, 100 * gbs / stream);
   }
   return 0;
 }
