@@ -96,11 +96,12 @@ void DeltaRuleReference(const float* conv_out, const float* g, const float* beta
 void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate);
 
 // Whether an op touching `elements` values is worth a parallel region. Below this it runs on the
-// calling thread: a region costs about a microsecond on idle cores and up to a scheduler time slice
-// when another process holds one of them, more than a decode step's small elementwise ops take
-// alone (a decode step opens a few hundred regions). Each element's arithmetic is the same either
-// way, so results do not depend on it.
-constexpr int64_t kParallelMinElements = int64_t{1} << 14;
+// calling thread: a region costs about a microsecond on idle cores (more when another process
+// holds one of them), as much as ~4 Ki values of a row op take alone, and a batch-1 decode step
+// would otherwise open ~170 regions. At 16 Ki the serial norms and router rows of batch 8 cost
+// more than the forks they save (in-process A/B, bench/README.md). Each element's arithmetic is
+// the same either way, so results do not depend on it.
+constexpr int64_t kParallelMinElements = int64_t{1} << 12;
 inline bool WorthThreads(int64_t elements) {
   return elements >= kParallelMinElements;
 }
