@@ -212,8 +212,10 @@ NEXTSERVE_TARGET_AVX512_BF16 void RowsTimesWeightRange(const uint16_t* xb, const
     const bool two = j + 1 < j1;
     const char* wj = base + static_cast<size_t>(j) * row_bytes;
     const float* scales = kFp8 ? w.block_scale + (j / kFp8Block) * w.scale_cols() : nullptr;
-    // The pair after this one, when it is a whole pair of this matrix.
-    const char* next = prefetch_next && j + 3 < n ? wj + 2 * row_bytes : nullptr;
+    // The pair 4 KiB ahead (at least the next one; at k = 256, 8 rows ahead), when it is a whole
+    // pair of this matrix: one pair ahead is too short a distance for the experts' small rows.
+    const int64_t ahead = std::max<int64_t>(2, 2 * (4096 / static_cast<int64_t>(2 * row_bytes)));
+    const char* next = prefetch_next && j + ahead + 1 < n ? wj + ahead * row_bytes : nullptr;
     RowsTimesWeightPair<R, kFp8>(xb, k, wj, two ? wj + row_bytes : wj, scales, two, y + j, ldy,
                                  accumulate, next);
   }
