@@ -55,9 +55,19 @@ NEXTSERVE_TARGET_AVX512_BF16 void RoundToBf16(const float* x, int64_t n, uint16_
   }
 }
 
+// Whether a call should open a parallel region: not inside one (the experts' loop runs a Linear
+// per thread, where a nested region costs ~0.6 us and gives no threads) and not for `work` below
+// `min_work`.
+bool OpenRegion(int64_t work, int64_t min_work) {
+  return work >= min_work && !omp_in_parallel();
+}
+
 void RoundRowsToBf16(const float* x, int64_t m, int64_t k, uint16_t* out) {
-  // Parallel only when it pays (prefill); inside the experts' parallel loop this runs serially.
-#pragma omp parallel for schedule(static) if (m * k >= (int64_t{1} << 16))
+  if (!OpenRegion(m * k, int64_t{1} << 16)) {  // parallel only when it pays (prefill)
+    for (int64_t r = 0; r < m; ++r) RoundToBf16(x + r * k, k, out + r * k);
+    return;
+  }
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < m; ++r) RoundToBf16(x + r * k, k, out + r * k);
 }
 
@@ -306,6 +316,10 @@ constexpr int64_t kRowBlock = 128;  // rows per GEMM task
 // m <= 8: the weights are read once; weight pairs are split over the threads.
 void FewRowsOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, bool accumulate) {
   const int64_t pairs = (w.rows + 1) / 2;
+  if (!OpenRegion(pairs, 2)) {
+    RowsTimesWeightRows(xb, m, w, 0, w.rows, y, w.rows, accumulate, /*prefetch_next=*/true);
+    return;
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < pairs; ++p) {
     RowsTimesWeightRows(xb, m, w, 2 * p, std::min(w.rows, 2 * p + 2), y, w.rows, accumulate,
@@ -390,7 +404,7 @@ void GemmOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, boo
   const int64_t tasks = panels * blocks;
   const char* base = static_cast<const char*>(w.data);
   const size_t row_bytes = static_cast<size_t>(k) * (fp8 ? 1 : 2);
-#pragma omp parallel if (tasks > 1)
+#pragma omp parallel if (OpenRegion(tasks, 2))
   {
     const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
     for (int64_t t = me; t < tasks; t += threads) {
