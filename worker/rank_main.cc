@@ -64,8 +64,8 @@ int main(int argc, char** argv) {
       "CPU matrix products for bf16 weights: auto (default: bf16 where the CPU has "
       "AVX512-BF16, else f32), bf16 (bf16 products with fp32 sums: ~1.5-2x faster "
       "prefill and batched decode; rms logit error under 1% of the row's range on the golden "
-      "data; each row's products have the same bits in any batch) or f32 (exact: the golden-test "
-      "mode; also what makes a moved stream continue exactly as an uninterrupted run)");
+      "data) or f32 (exact: the golden-test mode; a request's tokens then do not depend on the "
+      "load, and a moved stream continues exactly as an uninterrupted run)");
   flags.Int("max-batch-tokens", &max_batch_tokens, "tokens per engine step (default 512)");
   flags.Int("max-running", &max_running, "sequences per engine step (default 64)");
   flags.Int("max-context", &max_context, "longest prompt + output (default: the model's)");
