@@ -275,6 +275,7 @@ NEXTSERVE_TARGET_AVX512_BF16 inline void Tile4x4(const uint16_t* xb, int64_t k, 
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t k32 = k & ~int64_t{31};
+#pragma GCC unroll 2
   for (int64_t i = 0; i < k32; i += 32) {
     const __m512bh a0 = LoadBf16x32(w + 2 * i), a1 = LoadBf16x32(w1 + 2 * i),
                    a2 = LoadBf16x32(w2 + 2 * i), a3 = LoadBf16x32(w3 + 2 * i);
