@@ -90,6 +90,12 @@ class Bf16LinearTest : public ::testing::TestWithParam<Bf16Case> {
   }
 };
 
+// Test names from the shape: m<rows>_n<weight rows>_k<columns>.
+std::string ShapeName(const ::testing::TestParamInfo<Bf16Case>& info) {
+  return "m" + std::to_string(info.param.m) + "_n" + std::to_string(info.param.n) + "_k" +
+         std::to_string(info.param.k);
+}
+
 TEST_P(Bf16LinearTest, WithinBf16RoundingOfReference) {
   const auto [m, n, k] = GetParam();
   const float y0 = 0.5f;  // accumulate onto a non-zero output
@@ -203,11 +209,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Bf16LinearTest,
                                            Bf16Case{137, 70, 256}, Bf16Case{150, 131, 64},
                                            Bf16Case{4, 64, 16}, Bf16Case{40, 64, 16},
                                            Bf16Case{235, 1, 64}, Bf16Case{235, 576, 64}),
-                         [](const auto& info) {
-                           return "m" + std::to_string(info.param.m) + "_n" +
-                                  std::to_string(info.param.n) + "_k" +
-                                  std::to_string(info.param.k);
-                         });
+                         ShapeName);
 
 // FP8 (E4M3, one fp32 scale per 128 x 128 block) under bf16 compute: each weight is widened to
 // bf16 as round(fp8 · scale) (tile by tile, never a whole copy), so against the reference on the
@@ -235,12 +237,7 @@ Fp8Stored StoreFp8(const std::vector<float>& v, int64_t n, int64_t k) {
   return s;
 }
 
-class Fp8Bf16LinearTest : public ::testing::TestWithParam<Bf16Case> {
- protected:
-  void SetUp() override {
-    if (!cpu::CpuHasBf16Dot()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
-  }
-};
+class Fp8Bf16LinearTest : public Bf16LinearTest {};
 
 TEST_P(Fp8Bf16LinearTest, WithinAccumulationOfTheRoundedReference) {
   const auto [m, n, k] = GetParam();
@@ -299,11 +296,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Fp8Bf16LinearTest,
                          ::testing::Values(Bf16Case{1, 67, 131}, Bf16Case{5, 130, 200},
                                            Bf16Case{9, 67, 131}, Bf16Case{150, 131, 256},
                                            Bf16Case{64, 256, 1024}, Bf16Case{137, 70, 300}),
-                         [](const auto& info) {
-                           return "m" + std::to_string(info.param.m) + "_n" +
-                                  std::to_string(info.param.n) + "_k" +
-                                  std::to_string(info.param.k);
-                         });
+                         ShapeName);
 
 // fp32 mode (the default) is the fp32 path bit for bit, also after bf16 mode was on.
 TEST(Bf16Compute, Fp32ModeIsTheFp32PathBitForBit) {
