@@ -9,7 +9,6 @@
 //   engine_bench [--model DIR] [--prompt N] [--decode N] [--threads 1,2] [--compute f32,bf16]
 //   [--reps N] [--clock wall|cpu] [--delta-lengths 1024,4096,16384]
 // Without --model it writes the small preset (bf16) to a temporary directory first.
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +23,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "cli/flags.h"
 #include "dnnl.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -71,19 +71,7 @@ double SgemmGflops(int64_t m, int64_t n, int64_t k) {
 double StreamReadGBs(size_t bytes) {
   std::vector<float> buf(bytes / sizeof(float), 1.0f);
   volatile float sink = 0;
-  auto run = [&] {
-    float total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
-    for (int64_t blk = 0; blk < static_cast<int64_t>(buf.size() / 64); ++blk) {
-      const float* p = buf.data() + blk * 64;
-      __m256 acc = _mm256_setzero_ps();
-      for (int i = 0; i < 64; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(p + i));
-      float lanes[8];
-      _mm256_storeu_ps(lanes, acc);
-      for (float l : lanes) total += l;
-    }
-    sink = total;
-  };
+  auto run = [&] { sink = bench::StreamSum(buf.data(), static_cast<int64_t>(buf.size())); };
   run();
   (void)sink;
   return bytes / BestSeconds(5, run) / 1e9;

@@ -23,8 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "cli/flags.h"
 #include "dnnl.h"
 #include "dnnl.hpp"
@@ -55,15 +54,6 @@ double BestSeconds(int reps, const std::function<void()>& fn) {
     best = std::min(best, Now() - t0);
   }
   return best;
-}
-
-std::vector<int64_t> ParseList(const std::string& list) {
-  std::vector<int64_t> out;
-  for (absl::string_view piece : absl::StrSplit(list, ',')) {
-    int64_t v = 0;
-    if (absl::SimpleAtoi(piece, &v) && v > 0) out.push_back(v);
-  }
-  return out;
 }
 
 // oneDNN bf16 matmul with the weights reordered once into the layout it chooses.
@@ -129,8 +119,8 @@ int Main(int argc, char** argv) {
                           {"expert up", 256, 1024},
                           {"expert down", 1024, 256},
                           {"lm_head", 32768, 1024}};
-  const auto rows = ParseList(rows_list);
-  for (int64_t threads : ParseList(threads_list)) {
+  const auto rows = bench::ParsePositiveList(rows_list);
+  for (int64_t threads : bench::ParsePositiveList(threads_list)) {
     omp_set_num_threads(static_cast<int>(threads));
     std::printf("threads %ld (GFLOP/s; f32 = fp32 compute, bf16 = bf16 compute)\n", threads);
     std::printf("  %-13s %5s %9s %9s %9s %9s %9s %9s %6s %5s\n", "shape", "m", "f32 few",

@@ -6,7 +6,6 @@
 // streaming read. Every pass routes afresh, so the experts come from memory, not from L3.
 //
 //   moe_bench [--batches 1,2,4,8,16] [--layers 4] [--compute bf16|f32] [--reps 5]
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -17,8 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "cli/flags.h"
 #include "kernels/cpu/cpu_ops.h"
 
@@ -27,33 +25,15 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<int64_t> ParseList(const std::string& list) {
-  std::vector<int64_t> out;
-  for (absl::string_view piece : absl::StrSplit(list, ',')) {
-    int64_t v = 0;
-    if (absl::SimpleAtoi(piece, &v) && v > 0) out.push_back(v);
-  }
-  return out;
-}
-
 // Bytes read per second by all threads summing a buffer larger than the caches.
 double StreamReadGBs(const uint16_t* data, size_t count) {
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = Clock::now();
-    float total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
-    for (int64_t blk = 0; blk < static_cast<int64_t>(count / 128); ++blk) {
-      const float* p = reinterpret_cast<const float*>(data + blk * 128);
-      __m256 acc = _mm256_setzero_ps();
-      for (int i = 0; i < 64; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(p + i));
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, acc);
-      total += lanes[0];
-    }
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    volatile float sink = total;
+    volatile float sink =
+        bench::StreamSum(reinterpret_cast<const float*>(data), static_cast<int64_t>(count / 2));
     (void)sink;
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     best = std::max(best, count * 2.0 / s / 1e9);
   }
   return best;
@@ -97,8 +77,9 @@ int Main(int argc, char** argv) {
       stream);
   std::printf("  %6s %8s %8s %10s %8s %7s\n", "tokens", "experts", "pairs", "ms/layer", "GB/s",
               "%read");
-  const std::vector<int64_t> batches =
-      rows_each > 0 ? std::vector<int64_t>{rows_each * experts / top_k} : ParseList(batches_list);
+  const std::vector<int64_t> batches = rows_each > 0
+                                           ? std::vector<int64_t>{rows_each * experts / top_k}
+                                           : bench::ParsePositiveList(batches_list);
   for (int64_t batch : batches) {
     // Per pass and layer: a fresh routing (top-8 distinct experts per token, pairs grouped by
     // expert), so that a pass finds its experts in memory, not left in L3 by the pass before.

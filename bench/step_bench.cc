@@ -18,8 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "bench/timed_backend.h"
 #include "cli/flags.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -34,15 +33,6 @@ using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-std::vector<int64_t> ParseList(const std::string& s) {
-  std::vector<int64_t> out;
-  for (absl::string_view piece : absl::StrSplit(s, ',')) {
-    int64_t v = 0;
-    if (absl::SimpleAtoi(piece, &v) && v > 0) out.push_back(v);
-  }
-  return out;
 }
 
 std::vector<int32_t> Tokens(int64_t n, int64_t seed, int64_t vocab) {
@@ -98,7 +88,8 @@ int Main(int argc, char** argv) {
     return 1;
   }
   const ModelConfig& c = (*weights)->config();
-  const std::vector<int64_t> batches = ParseList(batches_list), prefills = ParseList(prefill_list);
+  const std::vector<int64_t> batches = bench::ParsePositiveList(batches_list),
+                             prefills = bench::ParsePositiveList(prefill_list);
   const int64_t most = *std::max_element(batches.begin(), batches.end());
   auto cpu = kernels::MakeCpuBackend();
   bench::TimedBackend timed(cpu.get());
@@ -112,7 +103,7 @@ int Main(int argc, char** argv) {
               model_dir.c_str(), c.hidden_size, c.num_hidden_layers, c.num_experts,
               c.num_experts_per_tok, kv_dtype.c_str(), compute.c_str());
 
-  for (int64_t threads : ParseList(threads_list)) {
+  for (int64_t threads : bench::ParsePositiveList(threads_list)) {
     omp_set_num_threads(static_cast<int>(threads));
     std::printf("\nthreads %ld\n", threads);
     {  // warm-up: fault the weights in

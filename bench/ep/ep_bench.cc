@@ -41,6 +41,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "bench/bench_util.h"
 #include "cli/flags.h"
 #include "comm/communicator.h"
 #include "comm/mpi_session.h"
@@ -284,11 +285,7 @@ int Main(int argc, char** argv) {
   // ---- 2. throughput: the model in lock-step on every rank ----
   std::vector<Phase> phases;  // prefill, decode b..., lone step
   std::vector<std::string> phase_names;
-  std::vector<int64_t> batch_sizes;
-  for (absl::string_view piece : absl::StrSplit(o.batches, ',')) {
-    int64_t b = 0;
-    if (absl::SimpleAtoi(piece, &b) && b > 0) batch_sizes.push_back(b);
-  }
+  const std::vector<int64_t> batch_sizes = bench::ParsePositiveList(o.batches);
   {
     ModelOptions model_options;
     model_options.dispatch_dtype = o.dispatch_dtype == "bf16" ? DType::kBF16 : DType::kF32;

@@ -1,6 +1,8 @@
 // Free functions behind the CPU backend, one file per op family. Host pointers, fp32 activations.
 #pragma once
 
+#include <omp.h>
+
 #include <bit>
 #include <cstdint>
 
@@ -100,10 +102,12 @@ void LinearReference(const float* x, int64_t m, const Matrix& w, float* y, bool 
 // holds one of them), as much as ~4 Ki values of a row op take alone, and a batch-1 decode step
 // would otherwise open ~170 regions. At 16 Ki the serial norms and router rows of batch 8 cost
 // more than the forks they save (in-process A/B, bench/README.md). Each element's arithmetic is
-// the same either way, so results do not depend on it.
+// the same either way, so results do not depend on it. Inside a parallel region (the experts'
+// loop runs one expert per thread) a nested region gets no threads and still costs ~0.6 us, so the
+// answer there is no. `min_elements`: a caller's own threshold for work of another grain.
 constexpr int64_t kParallelMinElements = int64_t{1} << 12;
-inline bool WorthThreads(int64_t elements) {
-  return elements >= kParallelMinElements;
+inline bool WorthThreads(int64_t elements, int64_t min_elements = kParallelMinElements) {
+  return elements >= min_elements && !omp_in_parallel();
 }
 
 // 1 / (1 + e^-x) from e = e^-|x| (base/fast_exp.h), which never overflows: 1 / (1 + e) for x >= 0,

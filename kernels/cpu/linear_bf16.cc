@@ -1,8 +1,9 @@
-// bf16 compute for bf16 weights: the activation rows are rounded to bf16 once, then multiplied in
-// bf16 with fp32 accumulation by AVX512-BF16 dot products (vdpbf16ps) on the stored [n, k]
-// weights. Few rows (decode): the weights are streamed once for up to 8 rows. Many rows: panels of
-// weight rows stay in L2 while every group of 8 rows passes over them. Both compute each output
-// the same way (see RowsTimesWeightPair), so results do not depend on the batch.
+// bf16 compute for bf16 and FP8 weights: the activation rows are rounded to bf16 once, then
+// multiplied by AVX512-BF16 dot products (vdpbf16ps) with fp32 accumulation on the stored [n, k]
+// weights (FP8 widened to bf16 on the way). Few rows (decode): the weights are streamed once for up
+// to 8 rows. Many rows: 64-row weight panels stay in L2 while 4 x 4 tiles pass over them. Every
+// path computes each output the same way (see RowsTimesWeightPair), so results do not depend on
+// the batch.
 // The AVX-512 code is compiled per function (target attributes) and only called after the run-time
 // check, so the library still runs on AVX2-only machines, where bf16 compute falls back to fp32.
 // GCC 12's _mm512_reduce_add_ps starts from _mm256_undefined_pd, which -Wmaybe-uninitialized
@@ -55,15 +56,8 @@ NEXTSERVE_TARGET_AVX512_BF16 void RoundToBf16(const float* x, int64_t n, uint16_
   }
 }
 
-// Whether a call should open a parallel region: not inside one (the experts' loop runs a Linear
-// per thread, where a nested region costs ~0.6 us and gives no threads) and not for `work` below
-// `min_work`.
-bool OpenRegion(int64_t work, int64_t min_work) {
-  return work >= min_work && !omp_in_parallel();
-}
-
 void RoundRowsToBf16(const float* x, int64_t m, int64_t k, uint16_t* out) {
-  if (!OpenRegion(m * k, int64_t{1} << 16)) {  // parallel only when it pays (prefill)
+  if (!WorthThreads(m * k, int64_t{1} << 16)) {  // parallel only when it pays (prefill)
     for (int64_t r = 0; r < m; ++r) RoundToBf16(x + r * k, k, out + r * k);
     return;
   }
@@ -71,11 +65,14 @@ void RoundRowsToBf16(const float* x, int64_t m, int64_t k, uint16_t* out) {
   for (int64_t r = 0; r < m; ++r) RoundToBf16(x + r * k, k, out + r * k);
 }
 
-// The bf16 activations of the current call, reused across calls on each thread.
-std::vector<uint16_t>& ActivationScratch(size_t n) {
-  thread_local std::vector<uint16_t> scratch;
-  if (scratch.size() < n) scratch.resize(n);
-  return scratch;
+// Per-thread bf16 buffers reused across calls: the current call's rounded activations, and the
+// widened FP8 panel of the GEMM task at hand.
+enum class Scratch { kActivations, kFp8Panel };
+uint16_t* ThreadScratch(Scratch which, size_t n) {
+  thread_local std::vector<uint16_t> buffers[2];
+  std::vector<uint16_t>& b = buffers[static_cast<int>(which)];
+  if (b.size() < n) b.resize(n);
+  return b.data();
 }
 
 NEXTSERVE_TARGET_AVX512_BF16 inline __m512bh LoadBf16x32(const void* p) {
@@ -317,7 +314,7 @@ constexpr int64_t kRowBlock = 128;  // rows per GEMM task
 // m <= 8: the weights are read once; weight pairs are split over the threads.
 void FewRowsOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, bool accumulate) {
   const int64_t pairs = (w.rows + 1) / 2;
-  if (!OpenRegion(pairs, 2)) {
+  if (!WorthThreads(pairs, 2)) {
     RowsTimesWeightRows(xb, m, w, 0, w.rows, y, w.rows, accumulate, /*prefetch_next=*/true);
     return;
   }
@@ -385,38 +382,34 @@ NEXTSERVE_TARGET_AVX512_BF16 void DequantizeFp8RowsToBf16(const Matrix& w, int64
   }
 }
 
-// A thread's bf16 copy of one FP8 panel (64 weight rows), reused across calls.
-uint16_t* Fp8PanelScratch(size_t elements) {
-  thread_local std::vector<uint16_t> scratch;
-  if (scratch.size() < elements) scratch.resize(elements);
-  return scratch.data();
-}
-
 // m > 8: tasks of (128 rows, 64 weight rows): at k = 1024 the rows' 256 KiB and the panel's 128 KiB
 // stay in L2 while every group of 4 rows passes over the panel; the weights come from memory once
 // per 128 rows, prefetched during the task before. Tasks go round-robin over the threads (they
 // cost the same), so each thread knows its next one. FP8 panels are widened to bf16 first (the
-// values the few-rows kernel uses), 64 rows at a time: there is never a bf16 copy of the matrix.
+// values the few-rows kernel uses), once per call, 64 rows at a time: there is never a bf16 copy
+// of the matrix.
 void GemmOnRounded(const uint16_t* xb, int64_t m, const Matrix& w, float* y, bool accumulate) {
   const int64_t n = w.rows, k = w.cols;
   const bool fp8 = w.dtype == DType::kF8E4M3;
+  // An FP8 task takes every row of its panel, so that each panel is widened once per call.
+  const int64_t row_block = fp8 ? m : kRowBlock;
   const int64_t panels = (n + kPanelRows - 1) / kPanelRows;
-  const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
+  const int64_t blocks = (m + row_block - 1) / row_block;
   const int64_t tasks = panels * blocks;
   const char* base = static_cast<const char*>(w.data);
   const size_t row_bytes = static_cast<size_t>(k) * (fp8 ? 1 : 2);
-#pragma omp parallel if (OpenRegion(tasks, 2))
+#pragma omp parallel if (WorthThreads(tasks, 2))
   {
     const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
     for (int64_t t = me; t < tasks; t += threads) {
-      const int64_t r0 = t / panels * kRowBlock, j0 = t % panels * kPanelRows;
-      const int64_t rows = std::min(kRowBlock, m - r0), j1 = std::min(n, j0 + kPanelRows);
+      const int64_t r0 = t / panels * row_block, j0 = t % panels * kPanelRows;
+      const int64_t rows = std::min(row_block, m - r0), j1 = std::min(n, j0 + kPanelRows);
       const int64_t next_j0 = (t + threads) % panels * kPanelRows;
       const int64_t next_j1 = t + threads < tasks ? std::min(n, next_j0 + kPanelRows) : next_j0;
       const SpreadPrefetch next(base + next_j0 * row_bytes, base + next_j1 * row_bytes,
                                 rows / 4 * ((j1 - j0) / 4));
       if (fp8) {
-        uint16_t* panel = Fp8PanelScratch(static_cast<size_t>(kPanelRows * k));
+        uint16_t* panel = ThreadScratch(Scratch::kFp8Panel, static_cast<size_t>(kPanelRows * k));
         DequantizeFp8RowsToBf16(w, j0, j1 - j0, panel);
         const Matrix view{DType::kBF16, panel, j1 - j0, k};
         PanelOnRounded(xb + r0 * k, rows, view, 0, j1 - j0, y + r0 * n + j0, n, accumulate, next);
@@ -446,7 +439,7 @@ bool UsesBf16Compute(const Matrix& w) {
 
 void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
   const int64_t k = w.cols;
-  uint16_t* xb = ActivationScratch(static_cast<size_t>(m * k)).data();
+  uint16_t* xb = ThreadScratch(Scratch::kActivations, static_cast<size_t>(m * k));
   RoundRowsToBf16(x, m, k, xb);
   // Passes of 8 rows (callers send m <= 8; this keeps any m correct).
   for (int64_t r0 = 0; r0 < m; r0 += kRowGroup) {
@@ -456,7 +449,7 @@ void LinearFewRowsBf16(const float* x, int64_t m, const Matrix& w, float* y, boo
 
 void LinearGemmBf16(const float* x, int64_t m, const Matrix& w, float* y, bool accumulate) {
   const int64_t k = w.cols, padded = (m + 3) / 4 * 4;  // the tiles' 4 rows
-  uint16_t* xb = ActivationScratch(static_cast<size_t>(padded * k)).data();
+  uint16_t* xb = ThreadScratch(Scratch::kActivations, static_cast<size_t>(padded * k));
   RoundRowsToBf16(x, m, k, xb);
   std::fill(xb + m * k, xb + padded * k, uint16_t{0});
   GemmOnRounded(xb, m, w, y, accumulate);

@@ -92,8 +92,14 @@ class Bf16LinearTest : public ::testing::TestWithParam<Bf16Case> {
 
 // Test names from the shape: m<rows>_n<weight rows>_k<columns>.
 std::string ShapeName(const ::testing::TestParamInfo<Bf16Case>& info) {
-  return "m" + std::to_string(info.param.m) + "_n" + std::to_string(info.param.n) + "_k" +
-         std::to_string(info.param.k);
+  // Appended piece by piece: GCC 12 warns (-Wrestrict, a false positive) on "m" + std::string.
+  std::string name = "m";
+  name += std::to_string(info.param.m);
+  name += "_n";
+  name += std::to_string(info.param.n);
+  name += "_k";
+  name += std::to_string(info.param.k);
+  return name;
 }
 
 TEST_P(Bf16LinearTest, WithinBf16RoundingOfReference) {
