@@ -27,7 +27,7 @@ namespace {
 
 constexpr char kUsage[] =
     "nextserve-run --model DIR --prompt-ids 1,2,3 --max-tokens N [--logits-out FILE.npy] "
-    "[--threads N] [--ignore-eos] [--stats]";
+    "[--threads N] [--ignore-eos] [--stats] [--compute f32|bf16|auto]";
 
 int UsageError(const std::string& message) {
   std::fprintf(stderr, "error: %s\nusage: %s\n", message.c_str(), kUsage);
